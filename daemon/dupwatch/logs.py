@@ -45,9 +45,7 @@ def _escape_values(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
-        if isinstance(value, Path | bytes):
-            event_dict[key] = printable(value)
-        elif isinstance(value, str) and key != "event":
+        if isinstance(value, Path | bytes) or (isinstance(value, str) and key != "event"):
             event_dict[key] = printable(value)
     return event_dict
 
