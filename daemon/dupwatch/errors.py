@@ -112,6 +112,18 @@ class ImageTooLarge(FileRejected):
     reason = "too_many_pixels"
 
 
+class DecoderCrashed(FileRejected):
+    """The decoder process died on this file (a decoder bug triggered by its bytes)."""
+
+    reason = "decoder_crashed"
+
+
+class DecoderTimeout(FileRejected):
+    """The decoder took longer than the configured limit on this file."""
+
+    reason = "decoder_timeout"
+
+
 # --- storage and quarantine: failures of the disk or the database stop the service ---
 
 
