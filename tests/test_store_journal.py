@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from sqlite_utils import Database
 
 from dupwatch.errors import StateDirError, StoreError
 from dupwatch.records import JournalState, Tier
@@ -136,63 +134,12 @@ def test_state_values_are_replaced_and_persist(tmp_path: Path) -> None:
         assert store.get_state("snapshot") == "two"
 
 
-# --- migrations: from empty and from every earlier version ---------------------------------
-
-
-def _seed_0001(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        "INSERT INTO journal (file_id, state, original_path, quarantine_path, sha256, "
-        "duplicate_of, tier, similarity, rule, created_at, updated_at) "
-        "VALUES (1, 'done', ?, ?, 'ff', 2, 'exact', NULL, 'exact_bytes', 1.0, 1.0)",
-        (b"/p/old\xff.jpg", b"/p/q/old.jpg"),
-    )
-    conn.execute("INSERT INTO pair_verdicts VALUES (1, 2, 'not_duplicate', 1.0)")
-    conn.execute("INSERT INTO state VALUES ('k', 'v', 1.0)")
-
-
-def _check_0001(store: Store) -> None:
-    [entry] = store.journal_entries()
-    assert os.fsencode(entry.original_path) == b"/p/old\xff.jpg"
-    assert entry.state == JournalState.DONE
-    assert store.is_not_duplicate(2, 1)
-    assert store.get_state("k") == "v"
-
-
-# Every shipped migration gets a seeder (rows written with that version's schema) and a check
-# (those rows still read back through the API after migrating to the newest version).
-SEEDS = {"0001_quarantine_journal": (_seed_0001, _check_0001)}
-
-
-def test_every_migration_has_seed_data() -> None:
-    assert [m.name for m in MIGRATIONS._migrations] == list(SEEDS)
-
-
-@pytest.mark.parametrize("stop", range(len(SEEDS) + 1))
-def test_migrates_from_each_earlier_version(tmp_path: Path, stop: int) -> None:
-    path = tmp_path / "db.sqlite"
-    names = list(SEEDS)
-    conn = connect(path)
-    db = Database(conn)
-    if stop < len(names):
-        MIGRATIONS.apply(db, stop_before=names[stop])
-    else:
-        MIGRATIONS.apply(db)
-    for name in names[:stop]:
-        SEEDS[name][0](conn)
-    conn.close()
-    with Store.open(path) as store:
-        assert store.schema_version() == names
-        for name in names[:stop]:
-            SEEDS[name][1](store)
-        assert store.integrity_problems(quick=False) == []
-
-
 # --- concurrency and crashes, with a second real process -----------------------------------
 
 _CHILD_READ = """
 import sys, time
 from pathlib import Path
-from dupwatch.store import Store
+from dupwatch.store import MIGRATIONS, Store
 start = time.monotonic()
 with Store.open(Path(sys.argv[1])) as store:
     n = len(store.journal_entries())
@@ -229,7 +176,7 @@ _CHILD_WRITE = """
 import sys
 from pathlib import Path
 from dupwatch.records import Tier
-from dupwatch.store import Store
+from dupwatch.store import MIGRATIONS, Store
 with Store.open(Path(sys.argv[1])) as store:
     store.journal_intent(file_id=None, original_path=Path("/x"), quarantine_path=Path("/q/x"),
         sha256="00", duplicate_of=None, tier=Tier.EXACT, similarity=None, rule="child")
@@ -269,7 +216,7 @@ def test_a_second_writer_waits_for_the_first_instead_of_failing(tmp_path: Path) 
 _CHILD_CRASH = """
 import sys
 from pathlib import Path
-from dupwatch.store import Store
+from dupwatch.store import MIGRATIONS, Store
 store = Store.open(Path(sys.argv[1]))
 with store._write() as conn:
     for i in range(100):

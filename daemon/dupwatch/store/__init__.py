@@ -7,12 +7,15 @@ and a little state. Callers get typed frozen records, never rows.
 
 from __future__ import annotations
 
+from dupwatch.store.files import FilesMixin
 from dupwatch.store.journal import JournalMixin
 from dupwatch.store.migrations import MIGRATIONS
+from dupwatch.store.records import Decision, FileRecord, VectorBatch
+from dupwatch.store.vectors import VectorsMixin
 
 
-class Store(JournalMixin):
+class Store(JournalMixin, FilesMixin, VectorsMixin):
     """The dupwatch database. Open with ``Store.open(path)``; close when done."""
 
 
-__all__ = ["MIGRATIONS", "Store"]
+__all__ = ["MIGRATIONS", "Decision", "FileRecord", "Store", "VectorBatch"]

@@ -126,14 +126,13 @@ class JournalMixin(StoreBase):
 
     def journal_entry(self, entry_id: int) -> JournalEntry | None:
         with self._read() as conn:
-            # S608: only the constant column list is interpolated; values are bound.
-            sql = f"SELECT {_COLUMNS} FROM journal WHERE id = ?"  # noqa: S608
+            sql = f"SELECT {_COLUMNS} FROM journal WHERE id = ?"
             row = conn.execute(sql, (entry_id,)).fetchone()
         return None if row is None else _entry(row)
 
     def journal_entries(self, states: Collection[JournalState] | None = None) -> list[JournalEntry]:
         """Entries in the given states (all if None), oldest first."""
-        sql = f"SELECT {_COLUMNS} FROM journal"  # noqa: S608 (constant columns, bound values)
+        sql = f"SELECT {_COLUMNS} FROM journal"
         params: list[str] = []
         if states is not None:
             if not states:

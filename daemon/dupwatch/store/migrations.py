@@ -54,3 +54,65 @@ def _quarantine_journal(db: Database) -> None:
     db.execute(
         "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL)"
     )
+
+
+@MIGRATIONS(name="0002_files_vectors_decisions")
+def _files_vectors_decisions(db: Database) -> None:
+    # path is the exact filesystem bytes; NFC and NFD spellings of a name are different files.
+    db.execute(
+        """
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            path BLOB NOT NULL UNIQUE,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            ctime_ns INTEGER NOT NULL,
+            dev INTEGER NOT NULL,
+            inode INTEGER NOT NULL,
+            sha256 TEXT,
+            phash INTEGER,
+            width INTEGER,
+            height INTEGER,
+            format TEXT,
+            status TEXT NOT NULL CHECK (status IN ('indexed', 'gone', 'quarantined', 'failed')),
+            failure_reason TEXT,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX files_sha256 ON files (sha256)")
+    db.execute("CREATE INDEX files_status ON files (status)")
+    db.execute("CREATE INDEX files_identity ON files (dev, inode)")
+    # AUTOINCREMENT keeps seq strictly increasing even after deletes, so "vectors newer than
+    # the snapshot" (seq > the snapshot's last seq) never misses a replaced vector.
+    db.execute(
+        """
+        CREATE TABLE vectors (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            file_id INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            model_id TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (file_id, model_id)
+        )
+        """
+    )
+    db.execute("CREATE INDEX vectors_model_seq ON vectors (model_id, seq)")
+    db.execute(
+        """
+        CREATE TABLE decisions (
+            id INTEGER PRIMARY KEY,
+            file_id INTEGER NOT NULL REFERENCES files (id) ON DELETE CASCADE,
+            tier TEXT NOT NULL,
+            neighbour_id INTEGER REFERENCES files (id) ON DELETE SET NULL,
+            similarity REAL,
+            verification TEXT,
+            action TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            decided_at REAL NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX decisions_file ON decisions (file_id)")
+    db.execute("CREATE INDEX decisions_neighbour ON decisions (neighbour_id)")
