@@ -76,6 +76,12 @@ class FileUnreadable(FileRejected):
     reason = "unreadable"
 
 
+class FileChanging(FileRejected):
+    """The file changed while it was read (still being written); try again once it settles."""
+
+    reason = "changing"
+
+
 class EmptyFile(FileRejected):
     """A zero-byte file: usually one still being created."""
 
