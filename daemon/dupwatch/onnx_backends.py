@@ -114,8 +114,6 @@ def opencv_features(model: bytes, threads: int) -> FeatureFn:
         net = cv2.dnn.readNetFromONNX(np.frombuffer(model, dtype=np.uint8))
     except cv2.error as exc:
         raise ModelError(f"OpenCV cannot load the model graph: {exc}") from exc
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
 
     def run(batch: NDArray[np.float32]) -> NDArray[np.float32]:
         net.setInput(np.ascontiguousarray(batch))
