@@ -1,0 +1,502 @@
+"""Quarantine: moves that keep every byte and attribute, never overwrite, survive crashes."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from structlog.testing import capture_logs
+
+from dupwatch import fsops
+from dupwatch.errors import FileChanged, QuarantineError, RestoreRefused
+from dupwatch.quarantine import Quarantine
+from dupwatch.records import JournalEntry, JournalState, StatKey, Tier
+from dupwatch.store import Store
+
+QDIR = ".dupwatch-quarantine"
+LITTER_PREFIXES = (".dupwatch-partial-", ".dupwatch-restoring-")
+
+
+# --- real photos and helpers ---
+
+
+def _jpeg(image: np.ndarray[Any, Any], quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+PHOTO = _jpeg(skimage.data.astronaut())
+OTHER_PHOTO = _jpeg(skimage.data.coffee())
+
+
+def write_photo(path: Path, data: bytes = PHOTO, *, mode: int = 0o640, mtime_ns: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    stamp = mtime_ns or 1_600_000_000_123_456_789
+    os.utime(path, ns=(stamp - 10**9, stamp))
+    return path
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def try_set_xattrs(path: Path) -> bool:
+    try:
+        os.setxattr(path, "user.dupwatch.test", b"kept \x00 bytes")
+        os.setxattr(path, "user.DOSATTRIB", b"0x20")
+    except OSError:
+        return False
+    return True
+
+
+def xattrs(path: Path) -> dict[str, bytes]:
+    return {name: os.getxattr(path, name) for name in os.listxattr(path)}
+
+
+def move(q: Quarantine, path: Path, **overrides: Any) -> JournalEntry:
+    args: dict[str, Any] = {
+        "file_id": 7,
+        "duplicate_of": 3,
+        "tier": Tier.EXACT,
+        "similarity": 1.0,
+        "rule": "exact_bytes",
+    }
+    args.update(overrides)
+    if "expected" not in args:
+        args["expected"] = StatKey.of(path)
+    if "sha256" not in args:
+        args["sha256"] = sha(path)
+    return q.move(path, **args)
+
+
+def all_files(*tops: Path) -> list[Path]:
+    return sorted(p for top in tops for p in top.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    state = tmp_path / "state"
+    state.mkdir()
+    db = Store.open(state / "dupwatch.db")
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "photos"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def q(store: Store, root: Path) -> Quarantine:
+    return Quarantine(store, [root])
+
+
+# --- moving in ---
+
+
+def test_move_keeps_bytes_mode_mtime_xattrs_and_inode(q: Quarantine, root: Path) -> None:
+    photo = write_photo(root / "2023" / "trip" / "IMG_0001.JPG", mode=0o604)
+    has_xattrs = try_set_xattrs(photo)
+    before = photo.lstat()
+    before_xattrs = xattrs(photo)
+
+    entry = move(q, photo)
+
+    kept = root / QDIR / "2023" / "trip" / "IMG_0001.JPG"
+    assert entry.quarantine_path == kept
+    assert entry.state is JournalState.DONE
+    assert not photo.exists()
+    after = kept.lstat()
+    assert kept.read_bytes() == PHOTO
+    assert stat.S_IMODE(after.st_mode) == 0o604
+    assert after.st_mtime_ns == before.st_mtime_ns
+    assert after.st_ino == before.st_ino  # a rename, not a copy
+    assert xattrs(kept) == before_xattrs
+    if not has_xattrs:
+        pytest.skip("this filesystem refuses user.* xattrs; bytes, mode and mtime were checked")
+
+
+def test_move_records_the_decision_in_the_journal(q: Quarantine, store: Store, root: Path) -> None:
+    photo = write_photo(root / "a.jpg")
+    entry = move(q, photo, tier=Tier.DUPLICATE, similarity=0.97, rule="verified_same_photo")
+    stored = store.journal_entry(entry.id)
+    assert stored == entry
+    assert (stored.original_path, stored.sha256) == (photo, hashlib.sha256(PHOTO).hexdigest())
+    assert (stored.file_id, stored.duplicate_of, stored.tier) == (7, 3, Tier.DUPLICATE)
+    assert stored.rule == "verified_same_photo"
+    assert store.journal_pending() == []
+
+
+def test_quarantine_directories_mirror_the_original_modes(q: Quarantine, root: Path) -> None:
+    photo = write_photo(root / "private" / "x.jpg")
+    (root / "private").chmod(0o700)
+    root.chmod(0o757)
+    move(q, photo)
+    assert stat.S_IMODE((root / QDIR).stat().st_mode) == 0o755  # never world-writable
+    assert stat.S_IMODE((root / QDIR / "private").stat().st_mode) == 0o700
+
+
+def test_move_logs_file_quarantined_with_its_reasons(q: Quarantine, root: Path) -> None:
+    photo = write_photo(root / "a.jpg")
+    with capture_logs() as logs:
+        entry = move(q, photo)
+    (event,) = [e for e in logs if e["event"] == "file_quarantined"]
+    assert event["path"] == photo
+    assert event["quarantine_path"] == entry.quarantine_path
+    assert (event["duplicate_of"], event["tier"], event["rule"]) == (3, "exact", "exact_bytes")
+
+
+def test_quarantine_never_overwrites_existing_file(q: Quarantine, root: Path) -> None:
+    # The same name arrives 1,000 times, each a different file: every one must survive.
+    photo = root / "DCIM" / "IMG_0001.JPG"
+    hashes = []
+    for n in range(1000):
+        data = PHOTO + n.to_bytes(4, "big")  # bytes after the JPEG's end marker: still a photo
+        hashes.append(hashlib.sha256(data).hexdigest())
+        move(q, write_photo(photo, data))
+    kept = all_files(root / QDIR)
+    assert len(kept) == 1000
+    assert sorted(sha(p) for p in kept) == sorted(hashes)
+    assert (root / QDIR / "DCIM" / "IMG_0001 (1000).JPG").exists()
+
+
+def test_names_from_different_directories_keep_their_relative_paths(
+    q: Quarantine, root: Path
+) -> None:
+    for n in range(50):
+        move(q, write_photo(root / f"phone{n}" / "IMG_0001.JPG", PHOTO + bytes([n])))
+    kept = all_files(root / QDIR)
+    assert [p.relative_to(root / QDIR).parts[1] for p in kept] == ["IMG_0001.JPG"] * 50
+    assert len({sha(p) for p in kept}) == 50
+
+
+def test_a_foreign_file_in_the_quarantine_is_not_overwritten(q: Quarantine, root: Path) -> None:
+    foreign = write_photo(root / QDIR / "a.jpg", OTHER_PHOTO)
+    entry = move(q, write_photo(root / "a.jpg"))
+    assert foreign.read_bytes() == OTHER_PHOTO
+    assert entry.quarantine_path == root / QDIR / "a (2).jpg"
+    assert entry.quarantine_path.read_bytes() == PHOTO
+
+
+def test_name_taken_between_choice_and_rename_gets_the_next_name(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    photo = write_photo(root / "a.jpg")
+    intruder = root / QDIR / "a.jpg"
+
+    def another_writer(operation: str) -> None:
+        if operation == "rename" and not intruder.exists():
+            intruder.write_bytes(OTHER_PHOTO)
+
+    fsops.set_fault_hook(another_writer)
+    try:
+        entry = move(q, photo)
+    finally:
+        fsops.set_fault_hook(None)
+    assert intruder.read_bytes() == OTHER_PHOTO
+    assert entry.quarantine_path == root / QDIR / "a (2).jpg"
+    assert store.journal_entry(entry.id) == entry
+    assert entry.quarantine_path.read_bytes() == PHOTO
+
+
+def test_long_names_get_a_suffix_within_the_name_limit(q: Quarantine, root: Path) -> None:
+    name = "é" * 123 + ".jpg"  # 250 bytes
+    move(q, write_photo(root / name))
+    entry = move(q, write_photo(root / name, OTHER_PHOTO))
+    assert len(os.fsencode(entry.quarantine_path.name)) <= 255
+    assert entry.quarantine_path.name.endswith(" (2).jpg")
+    assert entry.quarantine_path.read_bytes() == OTHER_PHOTO
+
+
+def test_non_utf8_names_round_trip(q: Quarantine, store: Store, root: Path) -> None:
+    name = os.fsdecode(b"caf\xe9 \n\x1b[31m.jpg")
+    photo = write_photo(root / name)
+    entry = move(q, photo)
+    assert os.fsencode(entry.quarantine_path.name) == b"caf\xe9 \n\x1b[31m.jpg"
+    assert q.restore(entry.id) == photo
+    assert photo.read_bytes() == PHOTO
+
+
+# --- the identity check ---
+
+
+def _touch_later(path: Path) -> None:
+    st = path.lstat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+
+
+def _rewrite(path: Path) -> None:
+    path.write_bytes(OTHER_PHOTO)
+
+
+def _replace(path: Path) -> None:
+    new = path.with_name("new.jpg")
+    write_photo(new)
+    new.replace(path)
+
+
+def _symlink(path: Path) -> None:
+    target = path.with_name("target.jpg")
+    path.rename(target)
+    path.symlink_to(target)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_touch_later, _rewrite, _replace, _symlink, Path.unlink],
+    ids=["mtime", "bytes", "replaced", "symlink", "deleted"],
+)
+def test_identity_change_aborts_move(
+    q: Quarantine, store: Store, root: Path, change: Callable[[Path], None]
+) -> None:
+    photo = write_photo(root / "a.jpg")
+    expected, digest = StatKey.of(photo), sha(photo)
+    change(photo)
+    before = {p: p.read_bytes() for p in all_files(root)}
+    with pytest.raises(FileChanged):
+        move(q, photo, expected=expected, sha256=digest)
+    assert {p: p.read_bytes() for p in all_files(root)} == before
+    assert store.journal_entries([JournalState.INTENT, JournalState.DONE]) == []
+
+
+def test_identity_change_after_the_journal_intent_rolls_back(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    photo = write_photo(root / "a.jpg")
+    expected, digest = StatKey.of(photo), sha(photo)
+
+    real_intent = store.journal_intent
+
+    def intent_then_edit(**kwargs: Any) -> JournalEntry:
+        entry = real_intent(**kwargs)
+        _touch_later(photo)
+        return entry
+
+    store.journal_intent = intent_then_edit  # type: ignore[method-assign]
+    with pytest.raises(FileChanged):
+        move(q, photo, expected=expected, sha256=digest)
+    assert photo.read_bytes() == PHOTO
+    (entry,) = store.journal_entries()
+    assert entry.state is JournalState.ROLLED_BACK
+    assert all_files(root) == [photo]
+
+
+def test_a_directory_swapped_for_a_symlink_is_never_followed(
+    q: Quarantine, tmp_path: Path, root: Path
+) -> None:
+    photo = write_photo(root / "album" / "a.jpg")
+    expected, digest = StatKey.of(photo), sha(photo)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.link(photo, outside / "a.jpg")  # same inode: only the path tells them apart
+    (root / "album").rename(root / "album-moved")
+    (root / "album").symlink_to(outside)
+    with pytest.raises(FileChanged):
+        move(q, photo, expected=expected, sha256=digest)
+    assert (outside / "a.jpg").read_bytes() == PHOTO
+    assert not (root / QDIR).exists() or all_files(root / QDIR) == []
+
+
+def test_files_inside_the_quarantine_or_outside_the_roots_are_refused(
+    q: Quarantine, tmp_path: Path, root: Path
+) -> None:
+    entry = move(q, write_photo(root / "a.jpg"))
+    with pytest.raises(QuarantineError, match="inside the quarantine"):
+        move(q, entry.quarantine_path)
+    stranger = write_photo(tmp_path / "elsewhere" / "b.jpg")
+    with pytest.raises(QuarantineError, match="outside the watched roots"):
+        move(q, stranger)
+    with pytest.raises(QuarantineError, match=r"'\.\.'"):
+        move(q, root / "x" / ".." / "a.jpg", expected=StatKey.of(stranger), sha256="0" * 64)
+    assert stranger.exists()
+
+
+# --- rename without replace, and its fallback ---
+
+
+def test_link_fallback_moves_without_leaving_a_second_name(
+    q: Quarantine, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(*_args: object) -> None:
+        raise OSError(errno.EINVAL, "RENAME_NOREPLACE not supported by this filesystem")
+
+    monkeypatch.setattr(fsops, "_renameat2", unsupported)
+    write_photo(root / QDIR / "a.jpg", OTHER_PHOTO)
+    photo = write_photo(root / "a.jpg")
+    inode = photo.lstat().st_ino
+    entry = move(q, photo)
+    assert not photo.exists()
+    assert entry.quarantine_path.lstat().st_ino == inode
+    assert entry.quarantine_path.lstat().st_nlink == 1
+    assert (root / QDIR / "a.jpg").read_bytes() == OTHER_PHOTO
+
+
+def test_rename_noreplace_refuses_an_existing_name(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileExistsError):
+            fsops.rename_noreplace(fd, "a", fd, "b")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "a").read_bytes() == b"a"
+    assert (tmp_path / "b").read_bytes() == b"b"
+
+
+# --- across filesystems ---
+
+
+def exdev_once(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the first rename_noreplace call fail with EXDEV, as across a mount point."""
+    real = fsops.rename_noreplace
+    calls: list[str] = []
+
+    def rename(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+        calls.append(src)
+        if len(calls) == 1:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(src_dir, src, dst_dir, dst)
+
+    monkeypatch.setattr(fsops, "rename_noreplace", rename)
+    return calls
+
+
+def test_cross_filesystem_move_copies_verifies_and_keeps_metadata(
+    q: Quarantine, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = write_photo(root / "a" / "b.jpg", mode=0o600)
+    has_xattrs = try_set_xattrs(photo)
+    digest = sha(photo)  # reading first, so the atime compared below is the final one
+    before, before_xattrs = photo.lstat(), xattrs(photo)
+    calls = exdev_once(monkeypatch)
+    entry = move(q, photo, sha256=digest)
+    assert calls == ["b.jpg", ".dupwatch-partial-1"]
+    kept = entry.quarantine_path
+    after = kept.lstat()
+    assert not photo.exists()
+    assert kept.read_bytes() == PHOTO
+    assert after.st_ino != before.st_ino  # really the copy path
+    assert stat.S_IMODE(after.st_mode) == 0o600
+    assert (after.st_mtime_ns, after.st_atime_ns) == (before.st_mtime_ns, before.st_atime_ns)
+    assert xattrs(kept) == before_xattrs
+    assert all_files(root) == [kept]
+    assert entry.state is JournalState.DONE
+    if not has_xattrs:
+        pytest.skip("this filesystem refuses user.* xattrs; the rest was checked")
+
+
+def test_cross_filesystem_move_stops_if_the_source_changes_during_the_copy(
+    q: Quarantine, store: Store, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = write_photo(root / "a.jpg")
+    exdev_once(monkeypatch)
+    edited = False
+
+    def edit_after_copy(operation: str) -> None:
+        nonlocal edited
+        if operation == "utime" and not edited:
+            edited = True
+            photo.write_bytes(OTHER_PHOTO)  # the owner saves an edit mid-copy
+
+    fsops.set_fault_hook(edit_after_copy)
+    try:
+        with pytest.raises(FileChanged):
+            move(q, photo)
+    finally:
+        fsops.set_fault_hook(None)
+    assert all_files(root) == [photo]
+    assert photo.read_bytes() == OTHER_PHOTO
+    assert [e.state for e in store.journal_entries()] == [JournalState.ROLLED_BACK]
+
+
+def test_cross_filesystem_move_names_an_xattr_it_cannot_copy(
+    q: Quarantine, store: Store, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = write_photo(root / "a.jpg")
+    if not try_set_xattrs(photo):
+        pytest.skip("this filesystem refuses user.* xattrs")
+    exdev_once(monkeypatch)
+    real_setxattr = os.setxattr
+
+    def refuse_dos_attributes(target: Any, name: str, value: bytes, *args: Any) -> None:
+        if name == "user.DOSATTRIB":
+            raise OSError(errno.ENOTSUP, "Operation not supported")
+        real_setxattr(target, name, value, *args)
+
+    monkeypatch.setattr(os, "setxattr", refuse_dos_attributes)
+    with pytest.raises(QuarantineError, match=r"user\.DOSATTRIB"):
+        move(q, photo)
+    assert all_files(root) == [photo]
+    assert photo.read_bytes() == PHOTO
+    assert [e.state for e in store.journal_entries()] == [JournalState.ROLLED_BACK]
+
+
+@pytest.fixture
+def tmpfs_card(root: Path) -> Iterator[Path]:
+    """A real second filesystem (tmpfs) mounted inside the root, like a memory card."""
+    card = root / "card"
+    card.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(card)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield card
+    finally:
+        subprocess.run(["umount", "-l", str(card)], check=False)
+
+
+def test_cross_filesystem_move_and_restore_for_real(
+    q: Quarantine, store: Store, root: Path, tmpfs_card: Path
+) -> None:
+    photo = write_photo(tmpfs_card / "DCIM" / "IMG_0001.JPG", mode=0o644)
+    has_xattrs = try_set_xattrs(photo)
+    before, before_xattrs = photo.lstat(), xattrs(photo)
+    assert before.st_dev != root.lstat().st_dev
+
+    entry = move(q, photo)
+    kept = root / QDIR / "card" / "DCIM" / "IMG_0001.JPG"
+    assert entry.quarantine_path == kept
+    assert not photo.exists()
+    assert kept.read_bytes() == PHOTO
+    assert (stat.S_IMODE(kept.lstat().st_mode), kept.lstat().st_mtime_ns) == (
+        0o644,
+        before.st_mtime_ns,
+    )
+    assert xattrs(kept) == before_xattrs
+
+    assert q.restore(entry.id) == photo
+    assert photo.read_bytes() == PHOTO
+    assert photo.lstat().st_mtime_ns == before.st_mtime_ns
+    assert xattrs(photo) == before_xattrs
+    assert all_files(root) == [photo]
+    assert store.journal_entry(entry.id).state is JournalState.RESTORED  # type: ignore[union-attr]
+    if not has_xattrs:
+        pytest.skip("tmpfs refuses user.* xattrs on this kernel; the rest was checked")
