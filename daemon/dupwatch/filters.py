@@ -111,7 +111,11 @@ class PathFilter:
         parts = relative.parts
         if any(self.ignored_name(part) for part in parts):
             return False
-        return not (parts and self._path_globs and self.ignored_relative(relative.as_posix()))
+        if not parts or not self._path_globs:
+            return True
+        # "Raw/*" covers the directory Raw itself as well: "Raw/" matches it.
+        text = relative.as_posix()
+        return not (self.ignored_relative(text) or self.ignored_relative(text + "/"))
 
 
 def root_of(path: Path, roots: Iterable[Path]) -> Path | None:
