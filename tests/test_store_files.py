@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from dupwatch.errors import StoreError
-from dupwatch.records import Action, FileStatus, StatKey, Tier
+from dupwatch.records import Action, FileStatus, JournalState, StatKey, Tier
 from dupwatch.store import Store
 from dupwatch.store.records import decode_vector, encode_vector, from_i64, to_i64
 
@@ -288,3 +288,20 @@ def test_unsigned_64_bit_values_map_through_signed_storage() -> None:
         assert -(2**63) <= to_i64(value) < 2**63
     with pytest.raises(ValueError):
         to_i64(2**64)
+
+
+def test_a_batch_commits_together_and_a_failed_call_inside_undoes_only_itself(
+    store: Store,
+) -> None:
+    with store.batch():
+        a = store.upsert_file(Path("/p/a"), _stat(1))
+        with pytest.raises(ValueError):
+            store.put_vector(a.id, MODEL, np.array([np.nan]))
+        with pytest.raises(StoreError):
+            store.journal_set_state(12345, JournalState.DONE)
+        store.put_vector(a.id, MODEL, _unit(np.random.default_rng(0)))
+    assert store.vector(a.id, MODEL) is not None
+    with pytest.raises(RuntimeError), store.batch():
+        store.upsert_file(Path("/p/b"), _stat(2))
+        raise RuntimeError("abandon the batch")
+    assert store.file_by_path(Path("/p/b")) is None

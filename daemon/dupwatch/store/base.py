@@ -96,8 +96,21 @@ class StoreBase:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: all of it is committed, or none of it."""
+        """A write transaction: all of it is committed, or none of it.
+
+        Inside ``batch()`` it becomes a savepoint, so a failed call undoes only its own part.
+        """
         with self._lock:
+            if self._conn.in_transaction:
+                self._conn.execute("SAVEPOINT store_write")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK TO store_write")
+                    self._conn.execute("RELEASE store_write")
+                    raise
+                self._conn.execute("RELEASE store_write")
+                return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
@@ -110,6 +123,15 @@ class StoreBase:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group many writes into one transaction (one fsync): a scan, an import, a benchmark.
+
+        Other threads of this process wait until the batch ends; keep batches to seconds.
+        """
+        with self._write():
+            yield
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,354 @@
+"""Similarity search: the Annoy snapshot plus a buffer of recent vectors, minus tombstones.
+
+The store is the source of truth; everything here is a cache that can be rebuilt from it. A
+search asks the snapshot for candidates (in its projected space), re-ranks them with their full
+vectors from the store, adds exact matches from the buffer (vectors added since the snapshot),
+and leaves out tombstoned files (gone, quarantined or replaced since the snapshot). When the
+buffer grows past a size or age threshold, a background thread builds a new snapshot and swaps
+it in; searches keep using the old one until then, and adding never waits for a build.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from dupwatch.records import Neighbour
+from dupwatch.snapshot import (
+    Projection,
+    Snapshot,
+    list_snapshots,
+    remove_snapshot,
+    write_snapshot,
+)
+from dupwatch.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSettings:
+    """Search and rebuild parameters; the defaults were chosen by bench/index_bench.py."""
+
+    projected_dim: int = 64  # PCA dimensions indexed by Annoy
+    trees: int = 16
+    search_k: int = 8000  # Annoy nodes inspected per query
+    candidates: int = 48  # snapshot candidates re-ranked with full vectors
+    pca_sample: int = 20_000  # vectors the projection is fitted on
+    rebuild_buffer_size: int = 5000  # rebuild when the buffer holds this many vectors...
+    rebuild_buffer_fraction: float = 0.02  # ...or this share of the snapshot, if larger...
+    rebuild_max_age: float = 3600.0  # ...or its oldest vector is this many seconds old
+    retry_after: float = 600.0  # after a failed build, wait this long before the next
+
+
+def cosine(vectors: NDArray[np.float32], query: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Similarity of unit vectors: their dot product, clipped to [-1, 1].
+
+    The one place a similarity is computed; snapshot candidates are scored here from their
+    full stored vectors, never from a distance in the projected space.
+    """
+    sims: NDArray[np.float32] = np.clip(vectors @ query, -1.0, 1.0).astype(np.float32)
+    return sims
+
+
+def _unit(vector: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
+    v = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if v.shape[0] != dim:
+        raise ValueError(f"vector has {v.shape[0]} dimensions, the index holds {dim}")
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise ValueError("vector is zero or not finite")
+    return np.asarray(v / np.float32(norm), dtype=np.float32)
+
+
+class _Buffer:
+    """Recent vectors in a growable matrix; superseded and removed rows are masked, not moved."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.vectors = np.empty((0, dim), dtype=np.float32)
+        self.file_ids = np.empty(0, dtype=np.int64)
+        self.live = np.empty(0, dtype=bool)
+        self.n = 0
+        self.row_of: dict[int, int] = {}
+        self.oldest: float | None = None
+
+    def append(self, file_id: int, vector: NDArray[np.float32]) -> None:
+        if self.n == self.vectors.shape[0]:
+            cap = max(1024, self.n * 2)
+            self.vectors = np.resize(self.vectors, (cap, self.dim))
+            self.file_ids = np.resize(self.file_ids, cap)
+            self.live = np.resize(self.live, cap)
+        self.discard(file_id)
+        self.vectors[self.n] = vector
+        self.file_ids[self.n] = file_id
+        self.live[self.n] = True
+        self.row_of[file_id] = self.n
+        self.n += 1
+        if self.oldest is None:
+            self.oldest = time.monotonic()
+
+    def discard(self, file_id: int) -> None:
+        row = self.row_of.pop(file_id, None)
+        if row is not None:
+            self.live[row] = False
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def after(self, start: int) -> _Buffer:
+        """A new buffer holding the live rows from ``start`` on."""
+        rest = _Buffer(self.dim)
+        for row in range(start, self.n):
+            if self.live[row]:
+                rest.append(int(self.file_ids[row]), self.vectors[row])
+        if len(rest):
+            rest.oldest = self.oldest
+        return rest
+
+
+class VectorIndex:
+    """Nearest neighbours by cosine similarity. Open with ``VectorIndex.open``."""
+
+    def __init__(
+        self, store: Store, directory: Path, model_id: str, dim: int, settings: IndexSettings
+    ) -> None:
+        self._store = store
+        self._directory = directory
+        self._model_id = model_id
+        self._dim = dim
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._snapshot: Snapshot | None = None
+        self._buffer = _Buffer(dim)
+        self._tombstones: set[int] = set()
+        self._builder: threading.Thread | None = None
+        self._failed_at: float | None = None
+        self.last_error: BaseException | None = None
+
+    @classmethod
+    def open(
+        cls,
+        store: Store,
+        directory: Path,
+        *,
+        model_id: str,
+        dim: int,
+        settings: IndexSettings | None = None,
+    ) -> VectorIndex:
+        """Load the newest snapshot for ``model_id`` and refill the buffer from the store.
+
+        Vectors stored after the snapshot go into the buffer; snapshot files no longer in the
+        library become tombstones. Only when there is no usable snapshot and more vectors than
+        one buffer's worth is a snapshot built before returning.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        index = cls(store, directory, model_id, dim, settings or IndexSettings())
+        for leftover in directory.glob(".snapshot-*.tmp"):
+            leftover.unlink(missing_ok=True)  # from a build that was interrupted
+        snapshot = index._load_latest()
+        if snapshot is None and store.vector_count(model_id) > index.settings.rebuild_buffer_size:
+            log.info("snapshot_missing_rebuilding", model_id=model_id)
+            index._build()
+            snapshot = index._snapshot
+        after = 0
+        if snapshot is not None:
+            index._snapshot = snapshot
+            after = snapshot.upto_seq
+            present = store.indexed_file_ids(model_id)
+            index._tombstones = set(np.setdiff1d(snapshot.file_ids, present).tolist())
+        refill = store.load_vectors(model_id, after_seq=after)
+        for file_id, vector in zip(refill.file_ids.tolist(), refill.vectors, strict=True):
+            index._buffer.append(file_id, vector)
+        log.info(
+            "index_opened",
+            snapshot_items=0 if snapshot is None else len(snapshot),
+            buffer_items=len(index._buffer),
+            tombstones=len(index._tombstones),
+        )
+        index.maybe_rebuild()
+        return index
+
+    def _load_latest(self) -> Snapshot | None:
+        for files in list_snapshots(self._directory):
+            try:
+                snapshot = Snapshot.load(files)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("snapshot_unreadable", path=files.ann, error=str(exc))
+                continue
+            if (
+                snapshot.model_id != self._model_id
+                or snapshot.projection.mean.shape[0] != self._dim
+            ):
+                log.info("snapshot_for_other_model", path=files.ann, model_id=snapshot.model_id)
+                continue
+            return snapshot
+        return None
+
+    # --- search -------------------------------------------------------------------------------
+
+    def search(self, vector: NDArray[np.float32], k: int) -> list[Neighbour]:
+        """The ``k`` most similar known files, most similar first."""
+        if k < 1:
+            return []
+        query = _unit(vector, self._dim)
+        with self._lock:
+            buffer, snapshot = self._buffer, self._snapshot
+            n = buffer.n
+            found: dict[int, float] = {}
+            if n:
+                sims = cosine(buffer.vectors[:n], query)
+                sims[~buffer.live[:n]] = -np.inf
+                top = np.argsort(-sims)[:k]
+                for row in top[np.isfinite(sims[top])]:
+                    found[int(buffer.file_ids[row])] = float(sims[row])
+            if snapshot is not None and len(snapshot):
+                wanted = max(self.settings.candidates, k)
+                candidates = [
+                    i
+                    for i in snapshot.candidates(query, wanted, self.settings.search_k).tolist()
+                    if i not in self._tombstones and i not in buffer.row_of
+                ]
+                full = self._store.vectors_for(candidates, self._model_id)
+                if len(full):
+                    sims = cosine(full.vectors, query)
+                    for file_id, sim in zip(full.file_ids.tolist(), sims.tolist(), strict=True):
+                        found[file_id] = sim
+        best = sorted(found.items(), key=lambda item: (-item[1], item[0]))[:k]
+        return [Neighbour(file_id, similarity) for file_id, similarity in best]
+
+    # --- changes ------------------------------------------------------------------------------
+
+    def add(self, file_id: int, vector: NDArray[np.float32]) -> None:
+        """Make a (new or replaced) vector searchable at once; may start a background rebuild."""
+        unit = _unit(vector, self._dim)
+        with self._lock:
+            self._tombstones.discard(file_id)
+            self._buffer.append(file_id, unit)
+        self.maybe_rebuild()
+
+    def remove(self, file_id: int) -> None:
+        """Stop returning ``file_id`` (gone, quarantined, or about to be replaced)."""
+        with self._lock:
+            self._buffer.discard(file_id)
+            if self._snapshot is not None and self._snapshot.contains(np.array([file_id]))[0]:
+                self._tombstones.add(file_id)
+
+    # --- rebuilding ---------------------------------------------------------------------------
+
+    def rebuild_due(self) -> bool:
+        with self._lock:
+            size = len(self._buffer)
+            if size == 0:
+                return False
+            snapshot_size = 0 if self._snapshot is None else len(self._snapshot)
+            threshold = max(
+                self.settings.rebuild_buffer_size,
+                int(self.settings.rebuild_buffer_fraction * snapshot_size),
+            )
+            oldest = self._buffer.oldest
+            old = oldest is not None and time.monotonic() - oldest >= self.settings.rebuild_max_age
+            return size >= threshold or old
+
+    def maybe_rebuild(self) -> bool:
+        """Start a background rebuild if one is due and none is running; True if started."""
+        with self._lock:
+            if self._builder is not None and self._builder.is_alive():
+                return False
+            failed = self._failed_at
+            if failed is not None and time.monotonic() - failed < self.settings.retry_after:
+                return False
+            if not self.rebuild_due():
+                return False
+            return self.start_rebuild()
+
+    def start_rebuild(self) -> bool:
+        """Start a background rebuild now (unless one is running); True if started."""
+        with self._lock:
+            if self._builder is not None and self._builder.is_alive():
+                return False
+            self._builder = threading.Thread(
+                target=self._build_in_background, name="dupwatch-snapshot", daemon=True
+            )
+            self._builder.start()
+            return True
+
+    def wait_for_rebuild(self, timeout: float) -> bool:
+        """Wait for a running rebuild; True if none is running any more."""
+        builder = self._builder
+        if builder is not None:
+            builder.join(timeout)
+            return not builder.is_alive()
+        return True
+
+    def close(self, timeout: float = 600.0) -> None:
+        """Let a running rebuild finish (Annoy cannot stop halfway) before the store closes."""
+        if not self.wait_for_rebuild(timeout):
+            log.warning("snapshot_build_still_running", timeout=timeout)
+
+    def _build_in_background(self) -> None:
+        try:
+            self._build()
+            self._failed_at = None
+            self.last_error = None
+        except Exception as exc:
+            self._failed_at = time.monotonic()
+            self.last_error = exc
+            log.exception("snapshot_build_failed", error=str(exc))
+
+    def _build(self) -> None:
+        with self._lock:
+            covered = self._buffer.n  # buffer rows the new snapshot will hold
+        # Every vector in those rows was stored before it was added here, so its seq is at
+        # most upto; later ones stay in the buffer (a few may be in both; the buffer wins).
+        upto = self._store.max_vector_seq(self._model_id)
+        ids = self._store.indexed_file_ids(self._model_id)
+        if len(ids) == 0:
+            return
+        rng = np.random.default_rng(upto)
+        sample_ids = rng.choice(ids, size=min(self.settings.pca_sample, len(ids)), replace=False)
+        sample = self._store.vectors_for(sample_ids.tolist(), self._model_id).vectors
+        projection = Projection.fit(sample, self.settings.projected_dim)
+        files = write_snapshot(
+            self._directory,
+            model_id=self._model_id,
+            upto_seq=upto,
+            projection=projection,
+            # Small pages keep each read short, so searches sharing the store barely wait.
+            batches=self._store.iter_vectors(self._model_id, upto_seq=upto, batch_size=2000),
+            trees=self.settings.trees,
+        )
+        snapshot = Snapshot.load(files)
+        with self._lock:
+            old, self._snapshot = self._snapshot, snapshot
+            self._buffer = self._buffer.after(covered)
+            if self._tombstones:
+                dead = np.fromiter(self._tombstones, dtype=np.int64)
+                self._tombstones = set(dead[snapshot.contains(dead)].tolist())
+        if old is not None and old.files != files:
+            remove_snapshot(old.files)  # searches still holding it keep their mapping
+
+    def stats(self) -> IndexStats:
+        with self._lock:
+            return IndexStats(
+                snapshot_items=0 if self._snapshot is None else len(self._snapshot),
+                snapshot_upto_seq=0 if self._snapshot is None else self._snapshot.upto_seq,
+                buffer_items=len(self._buffer),
+                tombstones=len(self._tombstones),
+                rebuilding=self._builder is not None and self._builder.is_alive(),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    snapshot_items: int
+    snapshot_upto_seq: int
+    buffer_items: int
+    tombstones: int
+    rebuilding: bool

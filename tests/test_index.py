@@ -1,0 +1,227 @@
+"""Vector index: snapshot + buffer + tombstones agree with exact search for near-duplicates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dupwatch.index import IndexSettings, VectorIndex
+from dupwatch.records import FileStatus, StatKey
+from dupwatch.snapshot import list_snapshots
+from dupwatch.store import Store
+
+MODEL = "test-model"
+DIM = 96
+SETTINGS = IndexSettings(
+    projected_dim=24, trees=8, search_k=2000, candidates=32, rebuild_buffer_size=1500
+)
+
+
+def _clustered(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Unit vectors in tight-ish clusters, so neighbours have close competitors (like bursts)."""
+    scales = 1.0 / np.sqrt(np.arange(1, DIM + 1))  # a decaying spectrum, as CNN features have
+    centres = rng.standard_normal((max(n // 20, 1), DIM)) * scales
+    members = centres[rng.integers(0, len(centres), n)]
+    members = members + 0.35 * rng.standard_normal((n, DIM)) * scales
+    return (members / np.linalg.norm(members, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _copy(rng: np.random.Generator, v: np.ndarray, similarity: float) -> np.ndarray:
+    """A unit vector with exactly ``similarity`` to ``v`` (an altered copy of that photo)."""
+    noise = rng.standard_normal(DIM).astype(np.float32)
+    noise -= (noise @ v) * v
+    noise /= np.linalg.norm(noise)
+    return (similarity * v + np.sqrt(1 - similarity**2) * noise).astype(np.float32)
+
+
+class Library:
+    """A real store plus the ground truth of which vectors are live."""
+
+    def __init__(self, store: Store, rng: np.random.Generator) -> None:
+        self.store = store
+        self.rng = rng
+        self.live: dict[int, np.ndarray] = {}
+        self.counter = 0
+
+    def put(self, vectors: np.ndarray) -> list[int]:
+        ids = []
+        with self.store.batch():
+            for v in vectors:
+                self.counter += 1
+                stat = StatKey(1, self.counter, self.counter, 1, self.counter)
+                file_id = self.store.upsert_file(Path(f"/lib/{self.counter}.jpg"), stat).id
+                self.store.put_vector(file_id, MODEL, v)
+                self.live[file_id] = v
+                ids.append(file_id)
+        return ids
+
+    def exact_top(self, query: np.ndarray) -> tuple[int, float]:
+        ids = np.fromiter(self.live, dtype=np.int64)
+        sims = np.stack([self.live[i] for i in ids]) @ query
+        best = int(np.argmax(sims))
+        return int(ids[best]), float(sims[best])
+
+    def check_near_duplicates(self, index: VectorIndex, file_ids: list[int]) -> None:
+        returned: set[int] = set()
+        for file_id in file_ids:
+            for similarity in (0.9, 0.95, 0.99):
+                query = _copy(self.rng, self.live[file_id], similarity)
+                expected_id, expected_sim = self.exact_top(query)
+                hits = index.search(query, 10)
+                assert hits[0].file_id == expected_id, (file_id, similarity)
+                assert hits[0].similarity == pytest.approx(expected_sim, abs=2e-3)
+                sims = [h.similarity for h in hits]
+                assert sims == sorted(sims, reverse=True)
+                returned |= {h.file_id for h in hits}
+        assert returned <= set(self.live), f"removed files came back: {returned - set(self.live)}"
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Iterator[Library]:
+    store = Store.open(tmp_path / "db.sqlite")
+    try:
+        yield Library(store, np.random.default_rng(42))
+    finally:
+        store.close()
+
+
+def _open(library: Library, tmp_path: Path) -> VectorIndex:
+    return VectorIndex.open(
+        library.store, tmp_path / "index", model_id=MODEL, dim=DIM, settings=SETTINGS
+    )
+
+
+def test_search_matches_exact_across_snapshot_buffer_and_tombstones(
+    library: Library, tmp_path: Path
+) -> None:
+    in_snapshot = library.put(_clustered(library.rng, 3000))
+    index = _open(library, tmp_path)  # more than a buffer's worth: builds a snapshot first
+    try:
+        assert index.stats().snapshot_items == 3000
+        in_buffer = library.put(_clustered(library.rng, 400))
+        for file_id in in_buffer:
+            index.add(file_id, library.live[file_id])
+        # Gone files, from the snapshot and from the buffer.
+        for file_id in in_snapshot[:60] + in_buffer[:20]:
+            library.store.set_file_status(file_id, FileStatus.GONE)
+            index.remove(file_id)
+            del library.live[file_id]
+        # Replaced vectors: the old version lives on in the snapshot, the new in the buffer.
+        for file_id in in_snapshot[60:90]:
+            library.live[file_id] = _clustered(library.rng, 1)[0]
+            library.store.put_vector(file_id, MODEL, library.live[file_id])
+            index.add(file_id, library.live[file_id])
+        stats = index.stats()
+        assert (stats.buffer_items, stats.tombstones, stats.rebuilding) == (410, 60, False)
+        picks = in_snapshot[60:75] + in_snapshot[100:130] + in_buffer[20:50]
+        library.check_near_duplicates(index, picks)
+        # A removed file is not found even by its own vector.
+        gone = in_snapshot[0]
+        own = library.store.vector(gone, MODEL)
+        assert own is not None
+        assert all(h.file_id != gone for h in index.search(own, 50))
+    finally:
+        index.close()
+
+
+def test_rebuild_swaps_in_the_background_and_restart_reloads_without_rebuilding(
+    library: Library, tmp_path: Path
+) -> None:
+    first = library.put(_clustered(library.rng, 2000))
+    index = _open(library, tmp_path)
+    try:
+        for file_id in first[:40]:
+            library.store.set_file_status(file_id, FileStatus.QUARANTINED)
+            index.remove(file_id)
+            del library.live[file_id]
+        batch = library.put(_clustered(library.rng, 1600))
+        for file_id in batch[:1499]:
+            index.add(file_id, library.live[file_id])
+        assert not index.stats().rebuilding
+        index.add(batch[1499], library.live[batch[1499]])  # reaches the threshold
+        # Ingestion carries on while the snapshot builds.
+        for file_id in batch[1500:]:
+            index.add(file_id, library.live[file_id])
+        assert index.wait_for_rebuild(timeout=120)
+        assert index.last_error is None
+        stats = index.stats()
+        assert stats.snapshot_items == 2000 - 40 + 1600
+        assert stats.buffer_items <= 100  # only what was added after the build started
+        assert stats.tombstones == 0  # the new snapshot no longer holds the quarantined files
+        assert len(list_snapshots(tmp_path / "index")) == 1  # the old one was removed
+        library.check_near_duplicates(index, first[40:60] + batch[:20] + batch[1580:])
+        after_swap = index.stats()
+    finally:
+        index.close()
+
+    # More changes, then a restart: the snapshot is loaded, not rebuilt.
+    late = library.put(_clustered(library.rng, 50))
+    for file_id in batch[:10]:
+        library.store.set_file_status(file_id, FileStatus.GONE)
+        del library.live[file_id]
+    reopened = _open(library, tmp_path)
+    try:
+        stats = reopened.stats()
+        assert stats.snapshot_upto_seq == after_swap.snapshot_upto_seq
+        assert stats.snapshot_items == after_swap.snapshot_items
+        # Only vectors stored after the snapshot's last seq are refilled into the buffer.
+        assert stats.buffer_items == len(late)
+        assert stats.tombstones == 10
+        assert not stats.rebuilding
+        library.check_near_duplicates(reopened, first[60:80] + batch[10:30] + late[:20])
+    finally:
+        reopened.close()
+
+
+def test_unreadable_newest_snapshot_falls_back_and_leftovers_are_cleared(
+    library: Library, tmp_path: Path
+) -> None:
+    ids = library.put(_clustered(library.rng, 1800))
+    _open(library, tmp_path).close()
+    directory = tmp_path / "index"
+    [good] = list_snapshots(directory)
+    (directory / "snapshot-999999.ann").write_bytes(b"not an annoy file")
+    np.savez(directory / "snapshot-999999.npz", nothing=np.zeros(1))
+    (directory / ".snapshot-5.ann.123.tmp").write_bytes(b"half-written")
+    index = _open(library, tmp_path)
+    try:
+        assert index.stats().snapshot_upto_seq == good.upto_seq
+        assert not (directory / ".snapshot-5.ann.123.tmp").exists()
+        library.check_near_duplicates(index, ids[:20])
+    finally:
+        index.close()
+
+
+def test_small_library_is_searched_exactly_from_the_buffer(
+    library: Library, tmp_path: Path
+) -> None:
+    index = _open(library, tmp_path)
+    try:
+        assert index.search(np.ones(DIM, dtype=np.float32), 5) == []
+        ids = library.put(_clustered(library.rng, 300))
+        for file_id in ids:
+            index.add(file_id, library.live[file_id])
+        assert index.stats().snapshot_items == 0
+        library.check_near_duplicates(index, ids[:30])
+        with pytest.raises(ValueError, match="dimensions"):
+            index.search(np.ones(DIM + 1, dtype=np.float32), 5)
+        with pytest.raises(ValueError, match="zero"):
+            index.add(1, np.zeros(DIM, dtype=np.float32))
+    finally:
+        index.close()
+
+
+def test_a_snapshot_of_another_model_is_not_used(library: Library, tmp_path: Path) -> None:
+    library.put(_clustered(library.rng, 1600))
+    _open(library, tmp_path).close()
+    other = VectorIndex.open(
+        library.store, tmp_path / "index", model_id="other-model", dim=DIM, settings=SETTINGS
+    )
+    try:
+        assert other.stats().snapshot_items == 0
+        assert other.stats().buffer_items == 0
+    finally:
+        other.close()
