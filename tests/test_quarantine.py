@@ -6,10 +6,9 @@ import errno
 import hashlib
 import os
 import shutil
-import signal
 import stat
 import subprocess
-import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -500,3 +499,395 @@ def test_cross_filesystem_move_and_restore_for_real(
     assert store.journal_entry(entry.id).state is JournalState.RESTORED  # type: ignore[union-attr]
     if not has_xattrs:
         pytest.skip("tmpfs refuses user.* xattrs on this kernel; the rest was checked")
+
+
+# --- restore ---
+
+
+def test_restore_round_trip_is_byte_identical_with_mode_mtime_and_xattrs(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    photo = write_photo(root / "2023" / "a.jpg", mode=0o604)
+    has_xattrs = try_set_xattrs(photo)
+    before, before_xattrs = photo.lstat(), xattrs(photo)
+    entry = move(q, photo, file_id=11, duplicate_of=5)
+
+    with capture_logs() as logs:
+        assert q.restore(entry.id) == photo
+
+    after = photo.lstat()
+    assert photo.read_bytes() == PHOTO
+    assert (stat.S_IMODE(after.st_mode), after.st_mtime_ns) == (0o604, before.st_mtime_ns)
+    assert xattrs(photo) == before_xattrs
+    assert all_files(root) == [photo]
+    restored = store.journal_entry(entry.id)
+    assert restored is not None and restored.state is JournalState.RESTORED
+    assert restored.restored_at is not None
+    assert store.is_not_duplicate(11, 5)
+    assert [e["event"] for e in logs if e["event"] == "file_restored"] == ["file_restored"]
+    if not has_xattrs:
+        pytest.skip("this filesystem refuses user.* xattrs; the rest was checked")
+
+
+def test_restore_refuses_to_overwrite(q: Quarantine, store: Store, root: Path) -> None:
+    photo = write_photo(root / "a.jpg")
+    entry = move(q, photo)
+    write_photo(photo, OTHER_PHOTO)
+    with pytest.raises(RestoreRefused, match="already exists"):
+        q.restore(entry.id)
+    assert photo.read_bytes() == OTHER_PHOTO
+    assert entry.quarantine_path.read_bytes() == PHOTO
+    assert store.journal_entry(entry.id) == entry
+
+
+def test_restore_refuses_a_dangling_symlink_at_the_original_place(
+    q: Quarantine, tmp_path: Path, root: Path
+) -> None:
+    photo = write_photo(root / "a.jpg")
+    entry = move(q, photo)
+    victim = tmp_path / "victim.txt"
+    photo.symlink_to(victim)
+    with pytest.raises(RestoreRefused):
+        q.restore(entry.id)
+    assert not victim.exists()
+    assert entry.quarantine_path.read_bytes() == PHOTO
+
+
+def test_restore_recreates_missing_directories_with_their_modes(q: Quarantine, root: Path) -> None:
+    photo = write_photo(root / "album" / "day1" / "a.jpg")
+    (root / "album" / "day1").chmod(0o750)
+    entry = move(q, photo)
+    shutil.rmtree(root / "album")
+    assert q.restore(entry.id) == photo
+    assert photo.read_bytes() == PHOTO
+    assert stat.S_IMODE((root / "album" / "day1").stat().st_mode) == 0o750
+
+
+def _crafted_entry(store: Store, original: Path, held: Path) -> int:
+    entry = store.journal_intent(
+        file_id=1,
+        original_path=original,
+        quarantine_path=held,
+        sha256=hashlib.sha256(PHOTO).hexdigest(),
+        duplicate_of=2,
+        tier=Tier.EXACT,
+        similarity=1.0,
+        rule="exact_bytes",
+    )
+    store.journal_set_state(entry.id, JournalState.DONE)
+    return entry.id
+
+
+@pytest.mark.parametrize(
+    "original",
+    ["photos/../../escaped.jpg", "photos/a/../../escaped.jpg", "escaped.jpg", "photos-x/a.jpg"],
+)
+def test_restore_refuses_a_crafted_row_leaving_the_roots(
+    q: Quarantine, store: Store, tmp_path: Path, root: Path, original: str
+) -> None:
+    held = write_photo(root / QDIR / "a.jpg")
+    entry_id = _crafted_entry(store, tmp_path / original, held)
+    with pytest.raises(RestoreRefused):
+        q.restore(entry_id)
+    assert held.read_bytes() == PHOTO
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "state"]
+
+
+def test_restore_refuses_a_crafted_row_taking_a_file_from_outside_the_quarantine(
+    q: Quarantine, store: Store, tmp_path: Path, root: Path
+) -> None:
+    secret = write_photo(tmp_path / "secret.jpg")
+    library = write_photo(root / "keeper.jpg")
+    for held in (secret, library, root / QDIR / ".." / "keeper.jpg"):
+        entry_id = _crafted_entry(store, root / "stolen.jpg", held)
+        with pytest.raises(RestoreRefused):
+            q.restore(entry_id)
+    assert not (root / "stolen.jpg").exists()
+    assert secret.exists() and library.exists()
+
+
+def test_restore_never_follows_a_symlinked_directory_out_of_the_root(
+    q: Quarantine, tmp_path: Path, root: Path
+) -> None:
+    photo = write_photo(root / "album" / "a.jpg")
+    entry = move(q, photo)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "album").rmdir()
+    (root / "album").symlink_to(outside)
+    with pytest.raises(RestoreRefused):
+        q.restore(entry.id)
+    assert list(outside.iterdir()) == []
+    assert entry.quarantine_path.read_bytes() == PHOTO
+
+
+def test_restore_refuses_unknown_and_already_restored_entries(q: Quarantine, root: Path) -> None:
+    entry = move(q, write_photo(root / "a.jpg"))
+    q.restore(entry.id)
+    with pytest.raises(RestoreRefused, match="restored"):
+        q.restore(entry.id)
+    with pytest.raises(RestoreRefused, match="no quarantine entry"):
+        q.restore(999)
+
+
+def test_restore_reports_a_quarantined_file_that_went_missing(q: Quarantine, root: Path) -> None:
+    entry = move(q, write_photo(root / "a.jpg"))
+    entry.quarantine_path.unlink()
+    with pytest.raises(QuarantineError, match="no longer there"):
+        q.restore(entry.id)
+    assert not (root / "a.jpg").exists()
+
+
+def test_cross_filesystem_restore_by_injected_exdev(
+    q: Quarantine, store: Store, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = write_photo(root / "a.jpg", mode=0o600)
+    before = photo.lstat()
+    entry = move(q, photo)
+    calls = exdev_once(monkeypatch)
+    assert q.restore(entry.id) == photo
+    assert calls[0] == "a.jpg"
+    assert photo.read_bytes() == PHOTO
+    assert (stat.S_IMODE(photo.lstat().st_mode), photo.lstat().st_mtime_ns) == (
+        0o600,
+        before.st_mtime_ns,
+    )
+    assert all_files(root) == [photo]
+    assert store.journal_entry(entry.id).state is JournalState.RESTORED  # type: ignore[union-attr]
+
+
+# --- purge and listings ---
+
+
+def test_purge_deletes_only_entries_older_than_asked(store: Store, root: Path) -> None:
+    now = [0.0]
+    q = Quarantine(store, [root], clock=lambda: now[0])
+    old = move(q, write_photo(root / "old" / "a.jpg"))
+    time.sleep(0.05)
+    new = move(q, write_photo(root / "b.jpg", OTHER_PHOTO))
+    gap = new.created_at - old.created_at
+    assert gap > 0
+    now[0] = new.created_at + 3600
+    with capture_logs() as logs:
+        purged = q.purge(older_than_seconds=3600 + gap / 2)
+    assert [e.id for e in purged] == [old.id]
+    assert not old.quarantine_path.exists()
+    assert not (root / QDIR / "old").exists()  # emptied directories go too
+    assert [e["event"] for e in logs] == ["quarantine_purged"]
+    assert new.quarantine_path.read_bytes() == OTHER_PHOTO
+    assert [e.id for e in q.purge(older_than_seconds=0)] == [new.id]
+    assert (root / QDIR).is_dir()
+    assert q.purge(older_than_seconds=0) == []
+
+
+def test_listing_shows_what_is_in_the_quarantine(store: Store, root: Path) -> None:
+    q = Quarantine(store, [root], clock=lambda: 2e9)
+    a = move(q, write_photo(root / "a.jpg"), duplicate_of=40, rule="exact_bytes")
+    b = move(q, write_photo(root / "b.jpg", OTHER_PHOTO), tier=Tier.DUPLICATE, rule="verified")
+    q.restore(b.id)
+    (item,) = q.entries()
+    assert item.entry == a
+    assert item.size == len(PHOTO)
+    assert item.age_seconds == pytest.approx(2e9 - a.created_at)
+    assert (item.entry.duplicate_of, item.entry.tier, item.entry.rule) == (
+        40,
+        Tier.EXACT,
+        "exact_bytes",
+    )
+    assert q.find(root / "a.jpg") == [a]
+    assert q.find(a.quarantine_path) == [a]
+    assert q.find(root / "b.jpg") == []
+    assert q.contains(a.quarantine_path)
+    assert not q.contains(root / "a.jpg")
+    assert q.quarantine_dirs() == [root / QDIR]
+
+
+# --- recovery of pending moves, decided by the disk ---
+
+
+def _pending(store: Store, root: Path, name: str = "a.jpg") -> JournalEntry:
+    return store.journal_intent(
+        file_id=1,
+        original_path=root / "album" / name,
+        quarantine_path=root / QDIR / "album" / name,
+        sha256=hashlib.sha256(PHOTO).hexdigest(),
+        duplicate_of=2,
+        tier=Tier.EXACT,
+        similarity=1.0,
+        rule="exact_bytes",
+    )
+
+
+def _at_source(root: Path, data: bytes = PHOTO) -> Path:
+    return write_photo(root / "album" / "a.jpg", data)
+
+
+def _in_quarantine(root: Path, data: bytes = PHOTO) -> Path:
+    return write_photo(root / QDIR / "album" / "a.jpg", data)
+
+
+def _hard_linked(root: Path) -> None:
+    (root / QDIR / "album").mkdir(parents=True)
+    os.link(_at_source(root), root / QDIR / "album" / "a.jpg")
+
+
+def _with_partial(root: Path) -> None:
+    _at_source(root)
+    write_photo(root / QDIR / "album" / ".dupwatch-partial-1", PHOTO[:1000])
+
+
+RECOVERY_CASES: dict[str, tuple[Callable[[Path], Any], JournalState, dict[str, bytes], str]] = {
+    "only at the source": (
+        _at_source,
+        JournalState.ROLLED_BACK,
+        {"album/a.jpg": PHOTO},
+        "quarantine_rolled_back",
+    ),
+    "only in the quarantine": (
+        _in_quarantine,
+        JournalState.DONE,
+        {f"{QDIR}/album/a.jpg": PHOTO},
+        "quarantine_recovered",
+    ),
+    "two names of one inode (link fallback)": (
+        _hard_linked,
+        JournalState.DONE,
+        {f"{QDIR}/album/a.jpg": PHOTO},
+        "quarantine_recovered",
+    ),
+    "verified copy beside its source": (
+        lambda r: (_at_source(r), _in_quarantine(r)),
+        JournalState.DONE,
+        {f"{QDIR}/album/a.jpg": PHOTO},
+        "quarantine_recovered",
+    ),
+    "source rewritten after the copy": (
+        lambda r: (_at_source(r, OTHER_PHOTO), _in_quarantine(r)),
+        JournalState.ROLLED_BACK,
+        {"album/a.jpg": OTHER_PHOTO},
+        "quarantine_rolled_back",
+    ),
+    "two different files": (
+        lambda r: (_at_source(r), _in_quarantine(r, OTHER_PHOTO)),
+        JournalState.ROLLED_BACK,
+        {"album/a.jpg": PHOTO, f"{QDIR}/album/a.jpg": OTHER_PHOTO},
+        "quarantine_recovery_conflict",
+    ),
+    "source gone, other bytes in the quarantine": (
+        lambda r: _in_quarantine(r, OTHER_PHOTO),
+        JournalState.ROLLED_BACK,
+        {f"{QDIR}/album/a.jpg": OTHER_PHOTO},
+        "quarantine_recovery_conflict",
+    ),
+    "neither": (
+        lambda r: (r / QDIR).mkdir(),
+        JournalState.ROLLED_BACK,
+        {},
+        "quarantine_recovery_conflict",
+    ),
+    "a partial copy beside the source": (
+        _with_partial,
+        JournalState.ROLLED_BACK,
+        {"album/a.jpg": PHOTO},
+        "quarantine_rolled_back",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RECOVERY_CASES))
+def test_recover_resolves_a_pending_move_from_the_disk(
+    q: Quarantine, store: Store, root: Path, case: str
+) -> None:
+    setup, state, files, event = RECOVERY_CASES[case]
+    entry = _pending(store, root)
+    setup(root)
+    with capture_logs() as logs:
+        changed = q.recover()
+    assert [(e.id, e.state) for e in changed] == [(entry.id, state)]
+    assert store.journal_pending() == []
+    assert {str(p.relative_to(root)): p.read_bytes() for p in all_files(root)} == files
+    assert event in [e["event"] for e in logs]
+    if event == "quarantine_recovery_conflict":
+        assert any(e["log_level"] == "error" for e in logs)
+
+
+def test_recover_waits_for_a_root_that_is_not_mounted(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    entry = _pending(store, root)
+    with capture_logs() as logs:
+        assert q.recover() == []
+    assert store.journal_pending() == [entry]
+    assert "quarantine_recovery_deferred" in [e["event"] for e in logs]
+    _at_source(root)
+    (root / QDIR).mkdir()
+    assert [e.state for e in q.recover()] == [JournalState.ROLLED_BACK]
+
+
+def _done(q: Quarantine, root: Path) -> JournalEntry:
+    return move(q, write_photo(root / "album" / "a.jpg"))
+
+
+def test_recover_finishes_a_restore_interrupted_after_the_rename(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    entry = _done(q, root)
+    entry.quarantine_path.rename(entry.original_path)
+    assert [e.state for e in q.recover()] == [JournalState.RESTORED]
+    assert store.is_not_duplicate(7, 3)
+
+
+def test_recover_finishes_a_restore_interrupted_between_link_and_unlink(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    entry = _done(q, root)
+    os.link(entry.quarantine_path, entry.original_path)
+    assert [e.state for e in q.recover()] == [JournalState.RESTORED]
+    assert all_files(root) == [entry.original_path]
+
+
+def test_recover_rolls_back_an_unfinished_cross_filesystem_restore(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    entry = _done(q, root)
+    marker = entry.quarantine_path.with_name(f".dupwatch-restoring-{entry.id}")
+    entry.quarantine_path.rename(marker)
+    write_photo(root / "album" / f".dupwatch-partial-{entry.id}", PHOTO[:500])
+    assert q.recover() == []
+    assert all_files(root) == [entry.quarantine_path]
+    assert store.journal_entry(entry.id) == entry
+    assert q.restore(entry.id) == entry.original_path
+
+
+def test_recover_completes_a_cross_filesystem_restore_whose_copy_landed(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    entry = _done(q, root)
+    marker = entry.quarantine_path.with_name(f".dupwatch-restoring-{entry.id}")
+    shutil.copy2(entry.quarantine_path, entry.original_path)
+    entry.quarantine_path.rename(marker)
+    assert [e.state for e in q.recover()] == [JournalState.RESTORED]
+    assert all_files(root) == [entry.original_path]
+
+
+def test_recover_leaves_quarantined_files_alone_when_a_copy_reappears(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    # A phone syncing the same photo back is not the owner restoring it.
+    entry = _done(q, root)
+    write_photo(entry.original_path)
+    assert q.recover() == []
+    assert store.journal_entry(entry.id) == entry
+    assert len(all_files(root)) == 2
+
+
+def test_recover_summarises_entries_whose_file_is_gone(
+    q: Quarantine, store: Store, root: Path
+) -> None:
+    entries = [move(q, write_photo(root / f"{n}.jpg", PHOTO + bytes([n]))) for n in range(3)]
+    for entry in entries:
+        entry.quarantine_path.unlink()
+    with capture_logs() as logs:
+        assert q.recover() == []
+    (summary,) = [e for e in logs if e["event"] == "quarantine_entries_without_file"]
+    assert summary["count"] == 3

@@ -175,14 +175,16 @@ class Recovery:
         original, held = places
         with ExitStack() as stack:
             dirs = _Dirs(stack, self._layout, original, held)
-            if not dirs.available:
-                log.warning("quarantine_recovery_deferred", **entry_fields(entry))
-                return False
             _remove(dirs.held, partial_name(entry.id))
             src = _regular(dirs.orig, original.name)
             dst = _regular(dirs.held, held.name)
             if src is not None and dst is None:
                 return self._set(entry, JournalState.ROLLED_BACK, "quarantine_rolled_back")
+            if not dirs.available:
+                # No quarantine directory: most likely the share is not mounted. Wait for it
+                # rather than conclude the file is lost.
+                log.warning("quarantine_recovery_deferred", **entry_fields(entry))
+                return False
             if dst is not None and src is None:
                 if _sha(dirs.held, held.name) == entry.sha256:
                     return self._set(entry, JournalState.DONE, "quarantine_recovered")
