@@ -340,7 +340,7 @@ def test_observer_that_dies_is_restarted_and_reconciled(tmp_path: Path, jpeg: by
         after = tmp_path / "after_restart.jpg"
         after.write_bytes(jpeg)
         assert got.wait_for(lambda ps: after in ps)
-        assert w.healthy and w.health().restarts == 1
+        assert w.healthy and w.health().roots[0].restarts == 1
 
 
 def test_observer_that_keeps_dying_makes_the_watcher_unhealthy(tmp_path: Path) -> None:
@@ -445,3 +445,23 @@ def test_root_emptied_pauses_without_reporting_files_gone(tmp_path: Path, jpeg: 
             p.write_bytes(jpeg)
         assert wait_until(lambda: w.root_available(tmp_path))
         assert gone == [] and missing == []
+
+
+def test_phantom_paths_through_a_swapped_in_symlink_are_never_handed_over(
+    tmp_path: Path, jpeg: bytes
+) -> None:
+    """A directory moved out keeps its stale watch; replaced by a symlink, its old in-tree
+    path would lead outside the root."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "album").mkdir(parents=True)
+    outside.mkdir()
+    with capture_logs() as logs, watching([root]) as (_, got):
+        (root / "album").rename(outside / "album")
+        (root / "album").symlink_to(outside / "album", target_is_directory=True)
+        (outside / "album" / "secret.jpg").write_bytes(jpeg)
+        control = root / "control.jpg"
+        control.write_bytes(jpeg)
+        assert got.wait_for(lambda ps: control in ps)
+        quiet()
+        assert got.paths() == [control]
+        assert any(e["event"] == "settled_outside_root" for e in logs)
