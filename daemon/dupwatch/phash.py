@@ -12,6 +12,7 @@ Bit layout: coefficient (u, v) of the 8 x 8 corner (u vertical, v horizontal fre
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,17 +23,17 @@ _SIDE = 32
 _LOW = 8
 _MASK = (1 << HASH_BITS) - 1
 
-# The eight symmetries of a square, as array operations on an H x W image. Index k of
+# The eight symmetries of a square, as operations on an H x W (x C) array. Index k of
 # dihedral_hashes() is the hash of DIHEDRAL[k] applied to the image.
-DIHEDRAL: tuple[tuple[str, Callable[[NDArray[np.float32]], NDArray[np.float32]]], ...] = (
+DIHEDRAL: tuple[tuple[str, Callable[[NDArray[Any]], NDArray[Any]]], ...] = (
     ("identity", lambda a: a),
     ("rotate_90_ccw", lambda a: np.rot90(a, 1)),
     ("rotate_180", lambda a: np.rot90(a, 2)),
     ("rotate_90_cw", lambda a: np.rot90(a, 3)),
     ("mirror_left_right", lambda a: a[:, ::-1]),
     ("mirror_top_bottom", lambda a: a[::-1]),
-    ("transpose", lambda a: a.T),
-    ("transverse", lambda a: a.T[::-1, ::-1]),
+    ("transpose", lambda a: np.swapaxes(a, 0, 1)),
+    ("transverse", lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1]),
 )
 
 
