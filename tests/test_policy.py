@@ -112,6 +112,8 @@ def test_better_arriving_original_puts_the_known_copy_in_quarantine() -> None:
 def test_keeper_order_pixels_then_format_then_size_then_exif_then_age() -> None:
     base = facts()
     assert new_copy_is_better(facts(width=5000), base)
+    camera = facts(camera="Pixel 8")
+    assert not new_copy_is_better(facts(format="png"), camera)  # a conversion, not an original
     assert new_copy_is_better(facts(format="png"), base)
     assert new_copy_is_better(facts(size=3_000_000), base)
     assert new_copy_is_better(facts(exif_tag_count=50), base)

@@ -65,10 +65,13 @@ class Decision:
         return self.match.similarity if self.match else None
 
 
-def _keeper_key(facts: PhotoFacts) -> tuple[int, int, int, int, int]:
+def _keeper_key(facts: PhotoFacts) -> tuple[int, bool, int, int, int, int]:
     """Sort key: the larger key is the better copy to keep."""
     return (
         facts.pixels,
+        # A camera original keeps its capture metadata; a copy converted to a "richer" format
+        # (a PNG made from a JPEG) usually loses it and holds no more of the photo.
+        facts.camera is not None or facts.capture_time is not None,
         _FORMAT_RANK.get(facts.format, 1),
         facts.size,
         facts.exif_tag_count,

@@ -139,6 +139,17 @@ class StoreBase:
         with self._lock:
             yield self._conn
 
+    def copy_to(self, path: Path) -> None:
+        """Write a consistent copy of the database to ``path`` (a dry run works on one)."""
+        target = sqlite3.connect(path)
+        try:
+            with self._lock:
+                self._conn.backup(target)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot copy the database: {exc}") from exc
+        finally:
+            target.close()
+
     def schema_version(self) -> list[str]:
         """Names of the migrations applied, in order."""
         with self._read():

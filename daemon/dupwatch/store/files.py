@@ -294,6 +294,15 @@ class FilesMixin(StoreBase):
         with self._read() as conn:
             return [_decision(r) for r in conn.execute(sql, (file_id, file_id))]
 
+    def decision_counts(self) -> dict[tuple[Tier, Action], int]:
+        """How many files' latest decision fell in each (tier, action)."""
+        sql = (
+            "SELECT tier, action, count(*) FROM decisions WHERE id IN "
+            "(SELECT max(id) FROM decisions GROUP BY file_id) GROUP BY tier, action"
+        )
+        with self._read() as conn:
+            return {(Tier(t), Action(a)): int(n) for t, a, n in conn.execute(sql)}
+
     def recent_decisions(self, limit: int = 100) -> list[Decision]:
         sql = f"SELECT {_DECISION_COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?"
         with self._read() as conn:

@@ -1,0 +1,500 @@
+"""One file through the whole flow, for the daemon and for ``dupwatch scan`` alike.
+
+read -> sha256 -> exact match? -> decode + embed -> search (snapshot + buffer + hashes) ->
+verify -> decide -> record -> act. Every step that can fail on one file turns into a recorded,
+logged outcome for that file; failures of the store or the disk propagate and stop the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from dupwatch.config import Config
+from dupwatch.errors import FileChanged, FileRejected, FileVanished, QuarantineError
+from dupwatch.hashindex import HashIndex
+from dupwatch.images import FileBytes, PhotoMeta, read_file
+from dupwatch.index import VectorIndex
+from dupwatch.logs import printable
+from dupwatch.policy import Candidate, Decision, PhotoFacts, decide
+from dupwatch.quarantine import Quarantine
+from dupwatch.records import Action, FileStatus, StatKey, Tier
+from dupwatch.store import Store
+from dupwatch.store.records import FileRecord
+from dupwatch.worker import AnalysisWorker, Fingerprint
+
+log = structlog.get_logger(__name__)
+
+# A quarter-turned or mirrored copy's hash under the matching symmetry stays this close to the
+# original's (the common pHash default); verification decides, so generous is safe.
+HASH_CANDIDATE_DISTANCE = 10
+# Verification costs a decode of the known file; the closest few candidates are enough.
+MAX_VERIFIED_CANDIDATES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """What happened to one file: the canonical ``file_processed`` line and the scan report."""
+
+    path: Path
+    tier: Tier
+    action: Action  # done, or (dry run) what would have been done
+    rule: str
+    duplicate_of: Path | None = None
+    similarity: float | None = None
+    reason: str | None = None  # failure code or why a planned action did not happen
+    detail: str | None = None
+    moved: Path | None = None  # the file that went (or would go) into the quarantine
+    dry_run: bool = False
+    duration_ms: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "tier": self.tier.value,
+            "duplicate_of": None if self.duplicate_of is None else str(self.duplicate_of),
+            "similarity": None if self.similarity is None else round(self.similarity, 6),
+            "action": self.action.value,
+            "rule": self.rule,
+            "reason": self.reason,
+            "moved": None if self.moved is None else str(self.moved),
+            "dry_run": self.dry_run,
+        }
+
+
+@dataclass(slots=True)
+class _Pair:
+    """A candidate being examined: the known file and the evidence so far."""
+
+    record: FileRecord
+    similarity: float
+    variant: int = 0  # phash.DIHEDRAL index that maps the new image onto the known one
+    verified: bool = False
+    verification: dict[str, Any] | None = None
+    meta: PhotoMeta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Assessment:
+    facts: PhotoFacts
+    decision: Decision
+    pairs: list[_Pair]
+    fingerprint: Fingerprint | None
+    same_bytes: FileRecord | None  # a known file with these bytes, when no decode was needed
+
+
+def _orient(pixels: NDArray[np.uint8], variant: int) -> NDArray[np.uint8]:
+    """Apply phash.DIHEDRAL[variant] to an H x W x 3 image."""
+    ops = {
+        0: lambda a: a,
+        1: lambda a: np.rot90(a, 1),
+        2: lambda a: np.rot90(a, 2),
+        3: lambda a: np.rot90(a, 3),
+        4: lambda a: a[:, ::-1],
+        5: lambda a: a[::-1],
+        6: lambda a: a.swapaxes(0, 1),
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    }
+    return np.ascontiguousarray(ops[variant](pixels))
+
+
+def _facts(record: FileRecord, meta: PhotoMeta | None) -> PhotoFacts:
+    return PhotoFacts(
+        path=record.path,
+        size=record.size,
+        width=record.width or 0,
+        height=record.height or 0,
+        format=record.format or "",
+        mtime_ns=record.mtime_ns,
+        **_meta_facts(meta),
+    )
+
+
+def _meta_facts(meta: PhotoMeta | None) -> dict[str, Any]:
+    if meta is None:
+        return {}
+    camera = " ".join(p for p in (meta.make, meta.model) if p) or None
+    capture = meta.datetime_original
+    if capture and meta.subsec:
+        capture = f"{capture}.{meta.subsec}"
+    return {"exif_tag_count": meta.exif_tag_count, "camera": camera, "capture_time": capture}
+
+
+def _present(record: FileRecord) -> bool:
+    """The known file is still on disk as recorded (a keeper must exist before a copy goes)."""
+    try:
+        now = StatKey.of(record.path)
+    except OSError:
+        return False
+    return record.stat.same_content_version(now)
+
+
+class Pipeline:
+    """Processes one file at a time against the library held by ``store`` and ``index``."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        index: VectorIndex,
+        hashes: HashIndex,
+        worker: AnalysisWorker,
+        quarantine: Quarantine | None,
+        model_id: str,
+        dry_run: bool = False,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._index = index
+        self._hashes = hashes
+        self._worker = worker
+        self._quarantine = quarantine
+        self._model_id = model_id
+        self._dry_run = dry_run or quarantine is None
+
+    # --- the flow ----------------------------------------------------------------------------
+
+    def process(self, path: Path, *, force: bool = False) -> FileResult | None:
+        """Process ``path``; None when it is already known unchanged (and ``force`` is off)."""
+        started = time.perf_counter()
+        known = self._store.file_by_path(path)
+        if not force and known is not None and self._unchanged(path, known):
+            return None
+        try:
+            file = read_file(path, max_file_bytes=self._config.decode.max_file_mib * 2**20)
+            result = self._examine(file, known)
+        except FileRejected as exc:
+            result = self._rejected(path, known, exc)
+        result = dataclasses.replace(
+            result,
+            dry_run=self._dry_run,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        self._log(result)
+        return result
+
+    def _unchanged(self, path: Path, known: FileRecord) -> bool:
+        if known.status not in (FileStatus.INDEXED, FileStatus.FAILED):
+            return False
+        try:
+            return known.stat.same_content_version(StatKey.of(path))
+        except OSError:
+            return False
+
+    def _assess(self, file: FileBytes, known: FileRecord | None) -> _Assessment:
+        """Everything up to the decision; nothing is written."""
+        exact, same_bytes = self._exact_matches(file, known)
+        fingerprint: Fingerprint | None = None
+        if exact and same_bytes is not None:
+            facts = _facts(dataclasses.replace(same_bytes, path=file.path), None)
+            facts = dataclasses.replace(facts, mtime_ns=file.stat.mtime_ns)
+            pairs = [_Pair(exact[0], 1.0, verified=True)]
+        else:
+            fingerprint = self._worker.fingerprint(file)
+            facts = PhotoFacts(
+                path=file.path,
+                size=file.stat.size,
+                width=fingerprint.width,
+                height=fingerprint.height,
+                format=fingerprint.format,
+                mtime_ns=file.stat.mtime_ns,
+                **_meta_facts(fingerprint.meta),
+            )
+            pairs = self._candidates(fingerprint, file, known)
+        candidates = [
+            Candidate(
+                file_id=p.record.id,
+                facts=_facts(p.record, p.meta),
+                similarity=p.similarity,
+                exact=bool(exact) and p.record.sha256 == file.sha256,
+                verified=p.verified,
+                not_duplicate_verdict=known is not None
+                and self._store.is_not_duplicate(known.id, p.record.id),
+            )
+            for p in pairs
+        ]
+        decision = decide(facts, candidates, self._config.policy)
+        return _Assessment(facts, decision, pairs, fingerprint, same_bytes)
+
+    def _examine(self, file: FileBytes, known: FileRecord | None) -> FileResult:
+        assessment = self._assess(file, known)
+        record = self._record(file, assessment)
+        return self._act(file, record, assessment.decision)
+
+    def explain(self, path: Path) -> str:
+        """What dupwatch would decide about ``path`` and why; changes nothing."""
+        file = read_file(path, max_file_bytes=self._config.decode.max_file_mib * 2**20)
+        known = self._store.file_by_path(path)
+        a = self._assess(file, known)
+        lines = [
+            f"file: {printable(path)}",
+            f"  {a.facts.width} x {a.facts.height} {a.facts.format}, {a.facts.size} bytes, "
+            f"sha256 {file.sha256[:16]}...",
+        ]
+        if a.facts.camera or a.facts.capture_time:
+            lines.append(f"  camera {a.facts.camera or '?'}, taken {a.facts.capture_time or '?'}")
+        lines.append(f"neighbours ({len(a.pairs)}):")
+        for pair in a.pairs[:10]:
+            lines.append(f"  {pair.similarity:+.4f}  {printable(pair.record.path)}")
+            if pair.verification is not None:
+                verdict = "same photo" if pair.verified else "not the same photo"
+                reason = pair.verification.get("reason", "")
+                transform = pair.verification.get("transform", "")
+                lines.append(f"           verification: {verdict} ({reason}) {transform}")
+        d = a.decision
+        lines.append(f"decision: {d.tier.value}, action {d.action.value}, rule {d.rule}")
+        if d.match is not None and d.action is Action.QUARANTINE:
+            victim = path if d.quarantine_new else d.match.facts.path
+            lines.append(f"  would quarantine {printable(victim)}")
+        return "\n".join(lines)
+
+    # --- finding candidates ------------------------------------------------------------------
+
+    def _exact_matches(
+        self, file: FileBytes, known: FileRecord | None
+    ) -> tuple[list[FileRecord], FileRecord | None]:
+        """Known files this one is a byte copy of, and a record of a file with these bytes.
+
+        The record gives the copy its fingerprints without decoding it. Content quarantined
+        before and now synced back again is a copy of the file it duplicated then.
+        """
+        same = [
+            r
+            for r in self._store.files_by_sha256(file.sha256)
+            if r.size == file.stat.size and not self._same_file(r, file, known)
+        ]
+        keepers = [r for r in same if _present(r)]
+        if keepers:
+            return keepers, keepers[0]
+        for gone in self._store.files_by_sha256(file.sha256, (FileStatus.QUARANTINED,)):
+            if self._same_file(gone, file, known):
+                continue
+            keeper = self._keeper_of(gone)
+            if keeper is not None and _present(keeper):
+                return [dataclasses.replace(keeper, sha256=file.sha256)], gone
+        return [], None
+
+    def _keeper_of(self, quarantined: FileRecord) -> FileRecord | None:
+        """The file that ``quarantined`` was found to duplicate, if it is still in the library."""
+        for decision in reversed(self._store.decisions_for(quarantined.id)):
+            if decision.file_id == quarantined.id and decision.neighbour_id is not None:
+                keeper = self._store.file(decision.neighbour_id)
+                if keeper is not None and keeper.status is FileStatus.INDEXED:
+                    return keeper
+                return None
+        return None
+
+    @staticmethod
+    def _same_file(record: FileRecord, file: FileBytes, known: FileRecord | None) -> bool:
+        """Hard links, bind mounts and overlapping roots: one file is never its own copy."""
+        if known is not None and record.id == known.id:
+            return True
+        return (record.dev, record.inode) == (file.stat.dev, file.stat.inode)
+
+    def _candidates(
+        self, fingerprint: Fingerprint, file: FileBytes, known: FileRecord | None
+    ) -> list[_Pair]:
+        pairs: dict[int, _Pair] = {}
+        for neighbour in self._index.search(fingerprint.vector, self._config.index.neighbours):
+            record = self._store.file(neighbour.file_id)
+            if record is not None:
+                pairs[record.id] = _Pair(record, neighbour.similarity)
+        threshold = self._config.policy.candidate_threshold
+        for match in self._hashes.near(fingerprint.dihedral_hashes, HASH_CANDIDATE_DISTANCE):
+            pair = pairs.get(match.file_id)
+            if pair is not None and (match.variant == 0 or pair.similarity >= threshold):
+                continue
+            record = pair.record if pair is not None else self._store.file(match.file_id)
+            if record is not None:
+                similarity = self._oriented_similarity(fingerprint, match.variant, record.id)
+                if pair is None or similarity > pair.similarity:
+                    pairs[record.id] = _Pair(record, similarity, variant=match.variant)
+        usable = [
+            p
+            for p in pairs.values()
+            if p.record.status is FileStatus.INDEXED and not self._same_file(p.record, file, known)
+        ]
+        usable.sort(key=lambda p: p.similarity, reverse=True)
+        for pair in [p for p in usable if p.similarity >= threshold][:MAX_VERIFIED_CANDIDATES]:
+            self._verify(pair, fingerprint)
+        return usable
+
+    def _oriented_similarity(self, fingerprint: Fingerprint, variant: int, file_id: int) -> float:
+        """Embedding similarity once the new image is turned the way the known one is."""
+        stored = self._store.vector(file_id, self._model_id)
+        if stored is None:
+            return -1.0
+        vector = fingerprint.vector
+        if variant != 0:
+            vector = self._worker.embed([_orient(fingerprint.pixels, variant)])[0]
+        return float(np.dot(vector, stored) / max(float(np.linalg.norm(stored)), 1e-12))
+
+    def _verify(self, pair: _Pair, fingerprint: Fingerprint) -> None:
+        try:
+            verification, meta = self._worker.verify(fingerprint.pixels, pair.record.path)
+        except FileRejected as exc:
+            # The known file cannot be read now: no verification, so no automatic action.
+            pair.verification = {"same": False, "reason": f"known_file_{exc.reason}"}
+            return
+        pair.verified = bool(verification.same)
+        pair.verification = dataclasses.asdict(verification)
+        pair.meta = meta
+
+    # --- recording and acting ----------------------------------------------------------------
+
+    def _record(self, file: FileBytes, assessment: _Assessment) -> FileRecord:
+        """Store the file, its vector and the decision in one transaction."""
+        fingerprint, same_bytes = assessment.fingerprint, assessment.same_bytes
+        decision, pairs = assessment.decision, assessment.pairs
+        if fingerprint is not None:
+            shape: dict[str, Any] = {
+                "phash": fingerprint.phash,
+                "width": fingerprint.width,
+                "height": fingerprint.height,
+                "format": fingerprint.format,
+            }
+            vector: NDArray[np.float32] | None = fingerprint.vector
+        else:
+            if same_bytes is None:
+                raise ValueError("a file without a fingerprint needs a record of its bytes")
+            shape = {
+                "phash": same_bytes.phash,
+                "width": same_bytes.width,
+                "height": same_bytes.height,
+                "format": same_bytes.format,
+            }
+            vector = self._store.vector(same_bytes.id, self._model_id)
+        match = decision.match
+        evidence = next(
+            (p.verification for p in pairs if match and p.record.id == match.file_id), None
+        )
+        with self._store.batch():
+            record = self._store.upsert_file(
+                file.path, file.stat, sha256=file.sha256, status=FileStatus.INDEXED, **shape
+            )
+            if vector is not None:
+                self._store.put_vector(record.id, self._model_id, vector)
+            self._store.record_decision(
+                record.id,
+                tier=decision.tier,
+                action=decision.action,
+                rule=decision.rule,
+                neighbour_id=None if match is None else match.file_id,
+                similarity=decision.similarity,
+                verification=evidence,
+            )
+        if vector is not None:
+            self._remember(record, vector)
+        return record
+
+    def _remember(self, record: FileRecord, vector: NDArray[np.float32]) -> None:
+        self._index.add(record.id, vector)
+        if record.phash is not None:
+            self._hashes.add(record.id, record.phash)
+
+    def _forget(self, file_id: int) -> None:
+        self._index.remove(file_id)
+        self._hashes.remove(file_id)
+
+    def _act(self, file: FileBytes, record: FileRecord, decision: Decision) -> FileResult:
+        match = decision.match
+        keeper = self._store.file(match.file_id) if match else None
+        if decision.quarantine_new or keeper is None:
+            victim, other = record, keeper
+        else:
+            victim, other = keeper, record
+        result = FileResult(
+            path=file.path,
+            tier=decision.tier,
+            action=decision.action,
+            rule=decision.rule,
+            # A unique file has a nearest neighbour (its similarity is reported) but no original.
+            duplicate_of=None if keeper is None or decision.tier is Tier.UNIQUE else keeper.path,
+            similarity=decision.similarity,
+        )
+        if decision.action is not Action.QUARANTINE or other is None:
+            return result
+        result = dataclasses.replace(result, moved=victim.path)
+        if self._dry_run or self._quarantine is None:
+            if victim.id == record.id:
+                self._forget(record.id)  # as if it had gone: later files are not its copies
+            return result
+        try:
+            self._quarantine.move(
+                victim.path,
+                expected=victim.stat,
+                sha256=victim.sha256 or file.sha256,
+                file_id=victim.id,
+                duplicate_of=other.id,
+                tier=decision.tier,
+                similarity=decision.similarity,
+                rule=decision.rule,
+            )
+        except FileChanged as exc:
+            log.info("quarantine_skipped", path=victim.path, reason="changed", detail=str(exc))
+            return dataclasses.replace(result, action=Action.NONE, moved=None, reason="changed")
+        except (QuarantineError, OSError) as exc:
+            log.error("quarantine_failed", path=victim.path, error=str(exc))
+            return dataclasses.replace(
+                result, action=Action.NONE, moved=None, reason="quarantine_failed", detail=str(exc)
+            )
+        self._store.set_file_status(victim.id, FileStatus.QUARANTINED)
+        self._forget(victim.id)
+        return result
+
+    # --- failures ------------------------------------------------------------------------------
+
+    def _rejected(self, path: Path, known: FileRecord | None, exc: FileRejected) -> FileResult:
+        if isinstance(exc, FileVanished):
+            if known is not None:
+                self._store.set_file_status(known.id, FileStatus.GONE)
+                self._forget(known.id)
+            return FileResult(path, Tier.FAILED, Action.NONE, "vanished", reason=exc.reason)
+        try:
+            stat = StatKey.of(path)
+        except OSError:
+            stat = None
+        if stat is not None:
+            with self._store.batch():
+                record = self._store.upsert_file(
+                    path, stat, status=FileStatus.FAILED, failure_reason=exc.reason
+                )
+                self._store.record_decision(
+                    record.id, tier=Tier.FAILED, action=Action.NONE, rule=exc.reason
+                )
+            if known is not None:
+                self._forget(known.id)
+        return FileResult(
+            path, Tier.FAILED, Action.NONE, exc.reason, reason=exc.reason, detail=exc.detail
+        )
+
+    def _log(self, result: FileResult) -> None:
+        fields = {
+            "path": result.path,
+            "tier": result.tier.value,
+            "action": result.action.value,
+            "rule": result.rule,
+            "duration_ms": result.duration_ms,
+        }
+        if result.duplicate_of is not None:
+            fields["duplicate_of"] = result.duplicate_of
+        if result.similarity is not None:
+            fields["similarity"] = round(result.similarity, 4)
+        if result.moved is not None:
+            fields["moved"] = result.moved
+        if result.reason is not None:
+            fields["reason"] = result.reason
+        if result.dry_run:
+            fields["dry_run"] = True
+        if result.tier is Tier.FAILED:
+            log.warning("file_failed", detail=result.detail, **fields)
+        else:
+            log.info("file_processed", **fields)

@@ -1,0 +1,254 @@
+"""A supervised worker process for decoding, embedding and verification.
+
+Image decoders are C code fed with files from anywhere; a hostile file can crash or hang them or
+make them allocate gigabytes. They run here, in a child process with an address-space limit, and
+the parent waits with a timeout: a crash or a hang costs one file, and the worker is restarted.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from dupwatch import errors
+from dupwatch.config import DecodeConfig, LogConfig, ModelConfig
+from dupwatch.errors import DecoderCrashed, DecoderTimeout, FileRejected, ModelError
+from dupwatch.images import DecodedImage, FileBytes, PhotoMeta
+from dupwatch.verify import Verification
+
+log = structlog.get_logger(__name__)
+
+# The working size handed to the embedder and to verification (long side, pixels).
+WORKING_SIZE = 512
+_START_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """Everything computed from a file's pixels."""
+
+    format: str
+    width: int
+    height: int
+    meta: PhotoMeta
+    phash: int
+    dihedral_hashes: tuple[int, ...]
+    vector: NDArray[np.float32]
+    pixels: NDArray[np.uint8]  # RGB at working size, kept for verification
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    decode: DecodeConfig
+    model: ModelConfig
+    cache_dir: Path
+    log: LogConfig = field(default_factory=LogConfig)
+    log_to_stderr: bool = False  # when stdout carries a report (scan --json)
+
+
+# --- child side ---------------------------------------------------------------------------
+
+
+def _limit_memory(mib: int) -> None:
+    limit = mib * 2**20
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    except (ValueError, OSError) as exc:  # some kernels or containers refuse; not fatal
+        log.warning("worker_memory_limit_unset", error=str(exc))
+
+
+def _fingerprint(embedder: Any, file: FileBytes, decode: DecodeConfig) -> Fingerprint:
+    from dupwatch.images import decode_image, dihedral_hashes, perceptual_hash
+
+    image: DecodedImage = decode_image(
+        file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE
+    )
+    vector = embedder.embed([image.pixels])[0]
+    return Fingerprint(
+        format=image.format,
+        width=image.width,
+        height=image.height,
+        meta=image.meta,
+        phash=perceptual_hash(image.pixels),
+        dihedral_hashes=tuple(dihedral_hashes(image.pixels)),
+        vector=np.asarray(vector, dtype=np.float32),
+        pixels=image.pixels,
+    )
+
+
+def _verify_known(
+    pixels: NDArray[np.uint8], path: Path, decode: DecodeConfig
+) -> tuple[Any, PhotoMeta]:
+    from dupwatch.images import decode_image, read_file
+    from dupwatch.verify import verify
+
+    file = read_file(path, max_file_bytes=decode.max_file_mib * 2**20)
+    known = decode_image(file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE)
+    return verify(pixels, known.pixels), known.meta
+
+
+def _serve(conn: Connection, settings: WorkerSettings) -> None:
+    """The child's main loop: one request in, one reply out, until the pipe closes."""
+    from dupwatch.logs import configure_logging
+
+    stream = sys.stderr if settings.log_to_stderr else sys.stdout
+    configure_logging(settings.log.level, settings.log.format, stream=stream)
+    structlog.contextvars.bind_contextvars(process="worker")
+    _limit_memory(settings.decode.worker_memory_mib)
+    try:
+        from dupwatch.embedder import load_embedder
+
+        embedder = load_embedder(
+            settings.model.backend,
+            threads=settings.model.threads,
+            cache_dir=settings.cache_dir,
+        )
+    except Exception as exc:  # reported to the parent, which stops the service
+        conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", embedder.model_id))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        kind = request[0]
+        try:
+            if kind == "fingerprint":
+                reply: Any = _fingerprint(embedder, request[1], settings.decode)
+            elif kind == "verify":
+                _, pixels, known_path = request
+                reply = _verify_known(pixels, known_path, settings.decode)
+            elif kind == "embed":
+                reply = embedder.embed(request[1])
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+            conn.send(("ok", reply))
+        except FileRejected as exc:
+            conn.send(("rejected", type(exc).__name__, str(exc.path), exc.detail))
+        except MemoryError:
+            conn.send(("rejected", "ImageTooLarge", "", "ran out of memory while decoding"))
+        except Exception as exc:  # a decoder bug: costs this file only
+            conn.send(("rejected", "CorruptImage", "", f"{type(exc).__name__}: {exc}"))
+
+
+# --- parent side --------------------------------------------------------------------------
+
+
+def _rebuild_rejection(name: str, path: Path, detail: str) -> FileRejected:
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, FileRejected)):
+        cls = errors.CorruptImage
+    return cls(path, detail)
+
+
+class AnalysisWorker:
+    """Parent-side handle of the worker process; restarts it after a crash or a timeout."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self._settings = settings
+        self._ctx = multiprocessing.get_context("spawn")
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self.model_id = ""
+        self.restarts = 0
+
+    def start(self) -> None:
+        """Start the child and wait until its model is loaded; ModelError if it cannot load."""
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_serve, args=(child, self._settings), name="dupwatch-worker", daemon=True
+        )
+        process.start()
+        child.close()
+        self._process, self._conn = process, parent
+        if not parent.poll(_START_TIMEOUT):
+            self._kill()
+            raise ModelError(f"the model did not load within {_START_TIMEOUT:.0f} s")
+        try:
+            message = parent.recv()
+        except EOFError:
+            code = process.exitcode
+            self._kill()
+            raise ModelError(f"the model process died while loading (exit code {code})") from None
+        if message[0] != "ready":
+            self._kill()
+            raise ModelError(f"the model could not be loaded: {message[1]}")
+        self.model_id = message[1]
+
+    def _kill(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+        if self._process is not None:
+            self._process.join(timeout=10)
+        self._process, self._conn = None, None
+
+    def close(self) -> None:
+        self._kill()
+
+    def _call(self, request: tuple[Any, ...], path: Path) -> Any:
+        if self._conn is None:
+            self.start()
+        conn = self._conn
+        if conn is None:
+            raise ModelError("the model process is not running")
+        timeout = self._settings.decode.worker_timeout
+        started = time.monotonic()
+        try:
+            conn.send(request)
+            ready = conn.poll(timeout)
+        except (BrokenPipeError, OSError, EOFError):
+            ready = False
+        if not ready:
+            crashed = self._process is None or not self._process.is_alive()
+            self._restart()
+            if crashed:
+                raise DecoderCrashed(path, "the decoder process died on this file")
+            raise DecoderTimeout(path, f"no result within {timeout:.0f} s")
+        try:
+            reply = conn.recv()
+        except EOFError:
+            self._restart()
+            raise DecoderCrashed(path, "the decoder process died on this file") from None
+        log.debug("worker_call", kind=request[0], ms=round((time.monotonic() - started) * 1000))
+        if reply[0] == "rejected":
+            _, name, _reported, detail = reply
+            raise _rebuild_rejection(name, path, detail)
+        return reply[1]
+
+    def _restart(self) -> None:
+        self._kill()
+        self.restarts += 1
+        log.warning("worker_restarted", restarts=self.restarts)
+        self.start()
+
+    def fingerprint(self, file: FileBytes) -> Fingerprint:
+        result: Fingerprint = self._call(("fingerprint", file), file.path)
+        return result
+
+    def verify(self, pixels: NDArray[np.uint8], known_path: Path) -> tuple[Verification, PhotoMeta]:
+        """Verify the decoded new image against the known file at ``known_path``.
+
+        Returns the verification and the known file's metadata (for the camera-time veto).
+        """
+        result: tuple[Verification, PhotoMeta] = self._call(
+            ("verify", pixels, known_path), known_path
+        )
+        return result
+
+    def embed(self, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        result: NDArray[np.float32] = self._call(("embed", images), Path(os.devnull))
+        return result
