@@ -44,12 +44,21 @@ class Projection:
 
     @classmethod
     def fit(cls, sample: NDArray[np.float32], dim: int) -> Projection:
-        mean = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
-        centred = (sample - mean).astype(np.float32)
-        # Right singular vectors of the centred sample, largest first; a small library gives
-        # fewer directions than asked for, which is fine (it has little variety to capture).
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        return cls(mean, np.ascontiguousarray(vt[: min(dim, vt.shape[0])], dtype=np.float32))
+        """Fit on ``sample`` (rows are vectors) through its covariance matrix.
+
+        The covariance is D x D whatever the sample size, so fitting on tens of thousands of
+        vectors needs a few MB (a full SVD of the sample would need a gigabyte).
+        """
+        mean = sample.mean(axis=0, dtype=np.float64)
+        cov = np.zeros((sample.shape[1], sample.shape[1]), dtype=np.float64)
+        for start in range(0, sample.shape[0], 4096):
+            part = sample[start : start + 4096] - mean
+            cov += part.T @ part
+        _, vectors = np.linalg.eigh(cov)  # ascending eigenvalues
+        # A library smaller than ``dim`` has fewer meaningful directions; keep no more.
+        keep = max(1, min(dim, sample.shape[0] - 1, sample.shape[1]))
+        basis = np.ascontiguousarray(vectors[:, ::-1][:, :keep].T, dtype=np.float32)
+        return cls(mean.astype(np.float32), basis)
 
     @property
     def dim(self) -> int:
