@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
+import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -166,18 +170,21 @@ def test_move_logs_file_quarantined_with_its_reasons(q: Quarantine, root: Path) 
     assert (event["duplicate_of"], event["tier"], event["rule"]) == (3, "exact", "exact_bytes")
 
 
-def test_quarantine_never_overwrites_existing_file(q: Quarantine, root: Path) -> None:
-    # The same name arrives 1,000 times, each a different file: every one must survive.
+@pytest.mark.parametrize(
+    "count", [200, pytest.param(1000, marks=pytest.mark.slow)], ids=lambda n: f"{n}-files"
+)
+def test_quarantine_never_overwrites_existing_file(q: Quarantine, root: Path, count: int) -> None:
+    # The same name arrives again and again, each a different file: every one must survive.
     photo = root / "DCIM" / "IMG_0001.JPG"
     hashes = []
-    for n in range(1000):
+    for n in range(count):
         data = PHOTO + n.to_bytes(4, "big")  # bytes after the JPEG's end marker: still a photo
         hashes.append(hashlib.sha256(data).hexdigest())
         move(q, write_photo(photo, data))
     kept = all_files(root / QDIR)
-    assert len(kept) == 1000
+    assert len(kept) == count
     assert sorted(sha(p) for p in kept) == sorted(hashes)
-    assert (root / QDIR / "DCIM" / "IMG_0001 (1000).JPG").exists()
+    assert (root / QDIR / "DCIM" / f"IMG_0001 ({count}).JPG").exists()
 
 
 def test_names_from_different_directories_keep_their_relative_paths(
@@ -891,3 +898,318 @@ def test_recover_summarises_entries_whose_file_is_gone(
         assert q.recover() == []
     (summary,) = [e for e in logs if e["event"] == "quarantine_entries_without_file"]
     assert summary["count"] == 3
+
+
+# --- crash safety: the process dies at every step, recovery runs in a fresh process ---
+
+JOURNAL_WRITES = frozenset(
+    {"journal_intent", "journal_set_state", "journal_update_quarantine_path", "add_not_duplicate"}
+)
+CRASHED = 70
+
+
+class CheckpointedJournal:
+    """The real store, with a crash checkpoint before each journal write."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name not in JOURNAL_WRITES:
+            return attr
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            fsops.checkpoint(name)
+            return attr(*args, **kwargs)
+
+        return write
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    root: Path
+    db: Path
+    photo: Path
+    expected: StatKey
+    entry_id: int | None
+    xattrs: dict[str, bytes]
+    bystanders: dict[Path, bytes]
+
+
+def make_scene(base: Path, *, quarantined: bool, fresh: bool = False) -> Scene:
+    """A photo to move (or already quarantined, to restore) beside files nothing may touch.
+
+    Unless ``fresh``, the photo's name is already taken in the quarantine; if ``fresh``, the
+    quarantine does not exist yet (a move) or the photo's directory is gone (a restore).
+    """
+    root, state = base / "photos", base / "state"
+    state.mkdir(parents=True)
+    photo = write_photo(root / "album" / "IMG_0001.JPG", mode=0o640)
+    try_set_xattrs(photo)
+    keeper = write_photo(root / "keeper.jpg", OTHER_PHOTO)
+    bystanders = {keeper: OTHER_PHOTO}
+    if not fresh:
+        taken = write_photo(root / QDIR / "album" / "IMG_0001.JPG", PHOTO + b"another")
+        bystanders[taken] = taken.read_bytes()
+    before = xattrs(photo)
+    entry_id = None
+    with Store.open(state / "dupwatch.db") as store:
+        if quarantined:
+            entry_id = move(Quarantine(store, [root]), photo, file_id=7, duplicate_of=3).id
+            if fresh:
+                (root / "album").rmdir()
+    return Scene(
+        root,
+        state / "dupwatch.db",
+        photo,
+        StatKey.of(photo) if not quarantined else StatKey(0, 0, 0, 0, 0),
+        entry_id,
+        before,
+        bystanders,
+    )
+
+
+def move_in(scene: Scene) -> None:
+    with Store.open(scene.db) as store:
+        Quarantine(CheckpointedJournal(store), [scene.root]).move(  # type: ignore[arg-type]
+            scene.photo,
+            expected=scene.expected,
+            sha256=hashlib.sha256(PHOTO).hexdigest(),
+            file_id=7,
+            duplicate_of=3,
+            tier=Tier.EXACT,
+            similarity=1.0,
+            rule="exact_bytes",
+        )
+
+
+def restore_out(scene: Scene) -> None:
+    assert scene.entry_id is not None
+    with Store.open(scene.db) as store:
+        Quarantine(CheckpointedJournal(store), [scene.root]).restore(  # type: ignore[arg-type]
+            scene.entry_id
+        )
+
+
+def no_patch() -> None:
+    pass
+
+
+def patch_link_fallback() -> None:
+    def unsupported(*_args: object) -> None:
+        raise OSError(errno.EINVAL, "RENAME_NOREPLACE not supported")
+
+    fsops._renameat2 = unsupported  # type: ignore[assignment]  # in the forked child only
+
+
+def patch_exdev() -> None:
+    real = fsops.rename_noreplace
+    calls = [0]
+
+    def rename(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(src_dir, src, dst_dir, dst)
+
+    fsops.rename_noreplace = rename  # type: ignore[assignment]  # in the forked child only
+
+
+def run_crashing_at(k: int, work: Callable[[], None]) -> int:
+    """Run ``work`` in a forked child that dies at its k-th disk or journal write."""
+    pid = os.fork()
+    if pid == 0:  # the child never returns
+        code = 1
+        try:
+            seen = 0
+
+            def die_at_k(_operation: str) -> None:
+                nonlocal seen
+                seen += 1
+                if seen == k:
+                    os._exit(CRASHED)  # no cleanup, no flush: as abrupt as SIGKILL
+
+            fsops.set_fault_hook(die_at_k)
+            work()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def recover_and_audit(scene: Scene) -> Path:
+    """Recover in this process, check every invariant, and return where the photo is."""
+    with Store.open(scene.db) as store:
+        Quarantine(store, [scene.root]).recover()
+        assert store.journal_pending() == []
+        assert store.integrity_problems(quick=False) == []
+        files = all_files(scene.root)
+        assert [p for p in files if p.name.startswith(LITTER_PREFIXES)] == []
+        digest = hashlib.sha256(PHOTO).hexdigest()
+        (where,) = [p for p in files if sha(p) == digest]  # exactly once: no loss, no limbo
+        assert {p: p.read_bytes() for p in scene.bystanders} == scene.bystanders
+        assert len(files) == 1 + len(scene.bystanders)
+        st = where.lstat()
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, 1_600_000_000_123_456_789)
+        assert xattrs(where) == scene.xattrs
+        done = [e for e in store.journal_entries() if e.state is JournalState.DONE]
+        if where == scene.photo:
+            assert done == []
+        else:
+            assert [e.quarantine_path for e in done] == [where]
+        restored = [e for e in store.journal_entries() if e.state is JournalState.RESTORED]
+        # Only a restore (the photo started in the quarantine) may mark the pair as not alike.
+        restore_finished = scene.entry_id is not None and where == scene.photo
+        assert bool(restored) == store.is_not_duplicate(7, 3) == restore_finished
+    return where
+
+
+def recover_in(scene: Scene) -> None:
+    with Store.open(scene.db) as store:
+        Quarantine(CheckpointedJournal(store), [scene.root]).recover()  # type: ignore[arg-type]
+
+
+def enumerate_recovery_crashes(scene: Scene) -> int:
+    """From one post-crash state, crash the recovery at each of its steps in turn."""
+    home = scene.root.parent
+    saved = home.with_name(home.name + "-saved")
+    shutil.copytree(home, saved, symlinks=True)  # copy2: bytes, modes, times and xattrs
+    for j in range(1, 100):
+        code = run_crashing_at(j, lambda: recover_in(scene))
+        assert code in (CRASHED, 0), f"recovery crash point {j}: the child failed with {code}"
+        recover_and_audit(scene)
+        shutil.rmtree(home)
+        shutil.copytree(saved, home, symlinks=True)
+        if code == 0:
+            shutil.rmtree(saved)
+            return j - 1
+    raise AssertionError("recovery never completed")
+
+
+def enumerate_crash_points(
+    base: Path,
+    work: Callable[[Scene], None],
+    patch: Callable[[], None],
+    *,
+    quarantined: bool,
+    fresh: bool,
+    nested: bool,
+) -> tuple[int, int]:
+    """Crash at every step in turn until the operation completes, and (where the disk holds
+    no hard links) crash the recovery of each of those states at every step as well.
+    Returns the number of crash points in the operation and in its recoveries."""
+    recovery_points = 0
+    for k in range(1, 200):
+        scene = make_scene(base / f"k{k}", quarantined=quarantined, fresh=fresh)
+        code = run_crashing_at(k, lambda scene=scene: (patch(), work(scene)))  # type: ignore[misc]
+        assert code in (CRASHED, 0), f"crash point {k}: the child failed with {code}"
+        links = [p.lstat().st_nlink for p in all_files(scene.root)]
+        if nested and code == CRASHED and set(links) == {1}:
+            recovery_points += enumerate_recovery_crashes(scene)
+        where = recover_and_audit(scene)
+        if code == 0:
+            finished_in_quarantine = where != scene.photo
+            assert finished_in_quarantine != quarantined
+            return k - 1, recovery_points
+    raise AssertionError("the operation never completed")
+
+
+CRASH_SCENARIOS = {
+    "same-fs move": (move_in, no_patch, False, False),
+    "same-fs move, new quarantine": (move_in, no_patch, False, True),
+    "same-fs move, link fallback": (move_in, patch_link_fallback, False, False),
+    "cross-fs move": (move_in, patch_exdev, False, False),
+    "cross-fs move, new quarantine": (move_in, patch_exdev, False, True),
+    "restore": (restore_out, no_patch, True, False),
+    "restore, parents recreated": (restore_out, no_patch, True, True),
+    "restore, link fallback": (restore_out, patch_link_fallback, True, False),
+    "cross-fs restore": (restore_out, patch_exdev, True, False),
+}
+
+
+def _crash_points(tmp_path: Path, scenario: str, *, nested: bool) -> tuple[int, int]:
+    work, patch, quarantined, fresh = CRASH_SCENARIOS[scenario]
+    points = enumerate_crash_points(
+        tmp_path, work, patch, quarantined=quarantined, fresh=fresh, nested=nested
+    )
+    # The counts go into the reliability figures; -s shows them.
+    print(f"{scenario}: {points[0]} crash points, {points[1]} in recovery")
+    return points
+
+
+@pytest.mark.parametrize("scenario", list(CRASH_SCENARIOS))
+def test_every_crash_point_recovers_with_each_file_exactly_once(
+    tmp_path: Path, scenario: str
+) -> None:
+    points, _ = _crash_points(tmp_path, scenario, nested=False)
+    assert points >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", list(CRASH_SCENARIOS))
+def test_a_crash_during_recovery_is_recovered_too(tmp_path: Path, scenario: str) -> None:
+    points, recovery_points = _crash_points(tmp_path, scenario, nested=True)
+    assert points >= 4 and recovery_points >= 1
+
+
+KILLING_CHILD = """
+import os, signal, sys
+from pathlib import Path
+from dupwatch import fsops
+from dupwatch.quarantine import Quarantine
+from dupwatch.records import StatKey, Tier
+from dupwatch.store import Store
+
+db, root, photo, digest, kill_before = sys.argv[1:]
+store = Store.open(Path(db))
+
+def die(*_args, **_kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+class Journal:  # the real store; SIGKILL instead of one chosen journal write
+    def __getattr__(self, name):
+        return die if name == kill_before else getattr(store, name)
+
+fsops.set_fault_hook(lambda operation: die() if operation == kill_before else None)
+path = Path(photo)
+Quarantine(Journal(), [Path(root)]).move(
+    path, expected=StatKey.of(path), sha256=digest, file_id=7, duplicate_of=3,
+    tier=Tier.EXACT, similarity=1.0, rule="exact_bytes",
+)
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize(
+    ("kill_before", "ends_in_quarantine"),
+    [("rename", False), ("journal_set_state", True)],
+    ids=["between-intent-and-rename", "between-rename-and-done"],
+)
+def test_sigkill_mid_move_then_restart_keeps_each_file_exactly_once(
+    tmp_path: Path, kill_before: str, ends_in_quarantine: bool
+) -> None:
+    scene = make_scene(tmp_path, quarantined=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLING_CHILD,
+            str(scene.db),
+            str(scene.root),
+            str(scene.photo),
+            hashlib.sha256(PHOTO).hexdigest(),
+            kill_before,
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode(errors="replace")
+    with Store.open(scene.db) as store:
+        assert [e.state for e in store.journal_entries()] == [JournalState.INTENT]
+    where = recover_and_audit(scene)
+    assert (where != scene.photo) == ends_in_quarantine
