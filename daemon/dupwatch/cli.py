@@ -172,7 +172,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         config, state_dir, [args.file.parent], dry_run=True, log_to_stderr=True
     )
     try:
-        report = services.pipeline.explain(args.file)
+        report = services.pipeline.explain(args.file.absolute())
     finally:
         services.close()
     print(report)

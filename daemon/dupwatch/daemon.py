@@ -26,7 +26,7 @@ from dupwatch.filters import root_of
 from dupwatch.notify import Notifier
 from dupwatch.records import FileStatus, StatKey, Tier
 from dupwatch.runtime import Services
-from dupwatch.status import publish
+from dupwatch.status import mark_stopped, publish
 from dupwatch.store import Store
 from dupwatch.watcher import Watcher, WatcherSettings
 
@@ -207,6 +207,8 @@ class Daemon:
         finally:
             self._notifier.stopping()
             self._watcher.stop()
+            self._publish_status()
+            mark_stopped(self._s.store)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if self._unhealthy is not None:
@@ -263,7 +265,8 @@ class Daemon:
     def _mark_gone(self, paths: Iterable[Path]) -> None:
         for path in paths:
             record = self._s.store.file_by_path(path)
-            if record is None or record.status is FileStatus.GONE:
+            # A quarantined file left its path on purpose; only files in place can go missing.
+            if record is None or record.status not in (FileStatus.INDEXED, FileStatus.FAILED):
                 continue
             if path.exists() or path.is_symlink():
                 continue  # back again (or replaced): the walk or the watcher will hand it over

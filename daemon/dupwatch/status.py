@@ -73,6 +73,16 @@ def publish(
     store.set_state(STATUS_KEY, json.dumps(asdict(status)))
 
 
+def mark_stopped(store: Store) -> None:
+    """Record a clean stop, so ``status`` does not report a stopped daemon as running."""
+    raw = store.get_state(STATUS_KEY)
+    if raw is None:
+        return
+    status = json.loads(raw)
+    status["stopped_at"] = time.time()
+    store.set_state(STATUS_KEY, json.dumps(status))
+
+
 def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "never"
@@ -84,9 +94,12 @@ def read_daemon_status(store: Store) -> str:
     raw = store.get_state(STATUS_KEY)
     if raw is None:
         return "daemon: has not run yet"
-    status = DaemonStatus(**json.loads(raw))
-    age = time.time() - status.updated_at
-    if age > STALE_AFTER:
+    fields = json.loads(raw)
+    stopped_at = fields.pop("stopped_at", None)
+    status = DaemonStatus(**fields)
+    if stopped_at is not None:
+        return f"daemon: stopped at {_when(stopped_at)}"
+    if time.time() - status.updated_at > STALE_AFTER:
         return f"daemon: not running (last seen {_when(status.updated_at)})"
     lines = [
         f"daemon: running, pid {status.pid}, since {_when(status.started_at)}",
