@@ -202,6 +202,33 @@ def test_reduced_jpeg_decode_agrees_with_a_full_decode(tmp_path: Path) -> None:
     assert mean_diff(image.pixels, area(full, 512)) < 2.5
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "tolerance"),
+    # With odd sizes the last box is partial, which shifts the grid by up to half a reduced
+    # pixel at the far edge (the JPEG DCT path does the same): still well under 1 %.
+    [(2000, 1334, 1.0), (2001, 1335, 2.5)],
+)
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF"])
+def test_box_reduced_decode_of_other_formats_agrees_with_area_resize(
+    tmp_path: Path, fmt: str, width: int, height: int, tolerance: float
+) -> None:
+    pixels = big_photo("coffee", width, height)
+    path = save(tmp_path / "big", pixels, fmt, lossless=True)
+    assert reduction_factor(width, height, 512) == 2
+    image = decode(path)
+    assert mean_diff(image.pixels, area(pixels, 512)) < tolerance
+
+
+def test_data_after_the_jpeg_end_marker_is_ignored(tmp_path: Path) -> None:
+    # Motion photos append a video after the JPEG; some cameras pad with zeros.
+    whole = save(tmp_path / "shot.jpg", photo("chelsea"), "JPEG").read_bytes()
+    reference = decode(tmp_path / "shot.jpg").pixels
+    for tail in (b"\x00\x00\x00\x18ftypmp42" + os.urandom(50000), bytes(50000)):
+        longer = tmp_path / "longer.jpg"
+        longer.write_bytes(whole + tail)
+        assert np.array_equal(decode(longer).pixels, reference)
+
+
 @settings(max_examples=300, deadline=None)
 @given(width=st.integers(1, 20000), height=st.integers(1, 20000), working=st.integers(16, 2048))
 def test_reduction_keeps_the_short_side_and_working_size(

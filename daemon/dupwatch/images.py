@@ -9,6 +9,7 @@ decoding). Decoding is built for untrusted files on a small CPU:
 - JPEGs are decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow ``draft``), keeping the
   short side at least ``MIN_REDUCED_SHORT_SIDE`` so the final area-averaging resize still has
   detail to average: that is 3-4x faster than a full decode and resize of a 12 MP photo;
+  other formats are box-reduced by the same power of two after decoding;
 - every decode is strict: a file that ends early raises instead of coming back with grey rows;
 - downscaling is always area averaging (``INTER_AREA``): bilinear sampling aliases and makes
   copies of one photo look different;
@@ -262,7 +263,14 @@ def _decode(file: FileBytes, fmt: str, max_megapixels: float, working_size: int)
                 image.draft("RGB", (width // factor, height // factor))
         image.load()  # the full, strict decode: raises if the data ends early
         meta, orientation = read_meta(image)
-        pixels = _shrink(_to_rgb(image), working_size)
+        rgb = _to_rgb(image)
+        # Formats without DCT scaling (and JPEGs too small for it) are box-reduced by the same
+        # power of two first: as exact as area averaging, and 3-4x cheaper than INTER_AREA's
+        # general path on a 12 MP image.
+        factor = reduction_factor(rgb.width, rgb.height, working_size)
+        if factor > 1:
+            rgb = rgb.reduce(factor)
+        pixels = _shrink(np.asarray(rgb), working_size)
     oriented = np.ascontiguousarray(apply_orientation(pixels, orientation))
     oriented.flags.writeable = False
     if swaps_axes(orientation):
@@ -290,27 +298,24 @@ def _register_heif() -> None:
             _heif_registered = True
 
 
-def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:
+def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
-        return np.asarray(image)
+        return image
     if mode in _SIXTEEN_BIT_MODES:
         wide = np.clip(np.asarray(image, dtype=np.float32), 0, 65535)
-        grey = np.rint(wide * (255 / 65535)).astype(np.uint8)
-    elif mode == "F":
+        return Image.fromarray(np.rint(wide * (255 / 65535)).astype(np.uint8)).convert("RGB")
+    if mode == "F":
         values = np.nan_to_num(np.asarray(image, dtype=np.float32))
         scale = 255.0 if values.size and float(values.max()) <= 1.0 else 1.0
         grey = np.rint(np.clip(values * scale, 0, 255)).astype(np.uint8)
-    elif mode in _ALPHA_MODES or "transparency" in image.info:
+        return Image.fromarray(grey).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         flat = Image.new("RGB", rgba.size, BACKGROUND)
         flat.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
-        return np.asarray(flat)
-    elif mode in ("L", "1"):
-        grey = np.asarray(image.convert("L"))
-    else:  # P, CMYK, YCbCr, LAB, HSV
-        return np.asarray(image.convert("RGB"))
-    return np.asarray(cv2.cvtColor(np.ascontiguousarray(grey), cv2.COLOR_GRAY2RGB))
+        return flat
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
 def _shrink(pixels: NDArray[np.uint8], working_size: int) -> NDArray[np.uint8]:
