@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -1213,3 +1214,47 @@ def test_sigkill_mid_move_then_restart_keeps_each_file_exactly_once(
         assert [e.state for e in store.journal_entries()] == [JournalState.INTENT]
     where = recover_and_audit(scene)
     assert (where != scene.photo) == ends_in_quarantine
+
+
+def test_symlink_swaps_racing_moves_never_touch_files_outside_the_roots(
+    q: Quarantine, tmp_path: Path, root: Path
+) -> None:
+    # Each photo has a twin outside the root with the same inode, so only the path (never the
+    # identity check) can tell a move through a swapped-in symlink from a proper one.
+    album, outside = root / "album", tmp_path / "outside"
+    outside.mkdir()
+    photos = [write_photo(album / f"{n}.jpg", PHOTO + bytes([n])) for n in range(60)]
+    for photo in photos:
+        os.link(photo, outside / photo.name)
+    keys = {photo: (StatKey.of(photo), sha(photo)) for photo in photos}
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            album.rename(root / "album-real")
+            album.symlink_to(outside)
+            time.sleep(0.001)
+            album.unlink()
+            (root / "album-real").rename(album)
+            time.sleep(0.002)  # leave moves a chance to succeed too
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    outcomes = []
+    try:
+        for photo in photos:
+            expected, digest = keys[photo]
+            try:
+                move(q, photo, expected=expected, sha256=digest)
+                outcomes.append("moved")
+            except FileChanged:
+                outcomes.append("refused")
+    finally:
+        stop.set()
+        swapper.join(timeout=10)
+    assert not swapper.is_alive()
+    assert sorted(p.name for p in outside.iterdir()) == sorted(p.name for p in photos)
+    assert all(p.lstat().st_nlink == 2 for p in outside.iterdir())  # each twin still linked
+    assert len(all_files(root)) == len(photos)
+    assert outcomes.count("moved") == len(all_files(root / QDIR))
+    print("swap race:", outcomes.count("moved"), "moved,", outcomes.count("refused"), "refused")  # noqa: T201

@@ -10,7 +10,6 @@ only then unlink the source.
 from __future__ import annotations
 
 import errno
-import os
 import stat
 import threading
 import time
@@ -25,13 +24,26 @@ from dupwatch import fsops
 from dupwatch.errors import FileChanged, QuarantineError, RestoreRefused
 from dupwatch.qlayout import Layout, Place, numbered
 from dupwatch.records import JournalEntry, JournalState, StatKey, Tier
-from dupwatch.recovery import Journal, Recovery, entry_fields, partial_name, restoring_name
+from dupwatch.recovery import Journal, Recovery, entry_fields, partial_name
+from dupwatch.restoring import lstat_regular, put_back
 
 log = structlog.get_logger(__name__)
 
 __all__ = ["Journal", "Quarantine", "QuarantinedFile"]
 
 _MAX_SUFFIX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Move:
+    """One move in flight: its journal entry, both directories and the expected identity."""
+
+    entry: JournalEntry
+    src_dir: int
+    source: Place
+    q_dir: int
+    target: Place
+    expected: StatKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +104,12 @@ class Quarantine:
             # The quarantine mirrors the modes of the directories it mirrors, minus
             # world-write, so it is no more (and no less) visible than the originals.
             modes = [mode & ~stat.S_IWOTH for mode in src_dir.modes]
-            q_dir = stack.enter_context(
-                fsops.open_dir(target.root, target.dirs, create_modes=modes)
-            )
+            try:
+                q_dir = stack.enter_context(
+                    fsops.open_dir(target.root, target.dirs, create_modes=modes)
+                )
+            except NotADirectoryError as exc:
+                raise QuarantineError(f"{exc.filename}: {exc.strerror}") from exc
             target = target.renamed(_free_name(q_dir.fd, target.name))
             entry = self._journal.journal_intent(
                 file_id=file_id,
@@ -106,9 +121,10 @@ class Quarantine:
                 similarity=similarity,
                 rule=rule,
             )
+            step = _Move(entry, src_dir.fd, source, q_dir.fd, target, expected)
             try:
                 _check_identity(src_dir.fd, source, expected)
-                self._transfer(entry, src_dir.fd, source, q_dir.fd, target, sha256)
+                self._transfer(step)
             except BaseException:
                 self._recovery.settle_failed_move(entry)
                 raise
@@ -117,53 +133,53 @@ class Quarantine:
         log.info("file_quarantined", **entry_fields(done))
         return done
 
-    def _transfer(
-        self, entry: JournalEntry, src_dir: int, source: Place, q_dir: int, target: Place, sha: str
-    ) -> Place:
+    def _transfer(self, step: _Move) -> None:
         try:
-            target = self._rename_into(entry, src_dir, source.name, q_dir, target)
+            self._rename_into(step, step.src_dir, step.source.name)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            return self._copy_across(entry, src_dir, source, q_dir, target, sha)
-        fsops.fsync_dir(q_dir)
-        fsops.fsync_dir(src_dir)
-        return target
+            self._copy_across(step)
+            return
+        fsops.fsync_dir(step.q_dir)
+        fsops.fsync_dir(step.src_dir)
 
-    def _rename_into(
-        self, entry: JournalEntry, src_dir: int, name: str, q_dir: int, target: Place
-    ) -> Place:
+    def _rename_into(self, step: _Move, from_dir: int, name: str) -> str:
         """Rename without replacing; on a name taken meanwhile, journal the next free one."""
-        base = entry.original_path.name
+        target = step.target
         for _ in range(_MAX_SUFFIX):
             try:
-                fsops.rename_noreplace(src_dir, name, q_dir, target.name)
-                return target
+                fsops.rename_noreplace(from_dir, name, step.q_dir, target.name)
+                return target.name
             except FileExistsError:
-                target = target.renamed(_free_name(q_dir, base))
-                self._journal.journal_update_quarantine_path(entry.id, target.path)
+                target = target.renamed(_free_name(step.q_dir, step.source.name))
+                self._journal.journal_update_quarantine_path(step.entry.id, target.path)
         raise QuarantineError(f"{target.path}: no free name in the quarantine")
 
-    def _copy_across(
-        self, entry: JournalEntry, src_dir: int, source: Place, q_dir: int, target: Place, sha: str
-    ) -> Place:
+    def _copy_across(self, step: _Move) -> None:
         """The EXDEV path: copy, verify, rename into place, and only then unlink the source."""
-        partial = partial_name(entry.id)
-        expected = StatKey.from_stat(_lstat_regular(src_dir, source))
-        fsops.copy_verified(src_dir, source.name, q_dir, partial, sha256=sha, expected=expected)
-        target = self._rename_into(entry, q_dir, partial, q_dir, target)
+        partial = partial_name(step.entry.id)
+        src_dir, source, q_dir = step.src_dir, step.source, step.q_dir
+        fsops.copy_verified(
+            src_dir,
+            source.name,
+            q_dir,
+            partial,
+            sha256=step.entry.sha256,
+            expected=step.expected,
+        )
+        landed = self._rename_into(step, q_dir, partial)
         fsops.fsync_dir(q_dir)
         now = fsops.lstat(src_dir, source.name)
         if now is None:
-            return target  # deleted meanwhile: the verified copy is now the only one, keep it
-        if not expected.same_content_version(StatKey.from_stat(now)):
+            return  # deleted meanwhile: the verified copy is now the only one, so it stays
+        if not step.expected.same_content_version(StatKey.from_stat(now)):
             # Rewritten since the copy: the owner replaced those bytes, so the copy goes.
-            fsops.unlink(q_dir, target.name)
+            fsops.unlink(q_dir, landed)
             fsops.fsync_dir(q_dir)
             raise FileChanged(f"{source.path}: changed while it was being copied")
         fsops.unlink(src_dir, source.name)
         fsops.fsync_dir(src_dir)
-        return target
 
     # --- restoring ---
 
@@ -184,69 +200,9 @@ class Quarantine:
                 held = self._layout.quarantined(entry.quarantine_path)
             except QuarantineError as exc:
                 raise RestoreRefused(f"entry {entry_id}: {exc}") from exc
-            self._put_back(entry, original, held)
+            put_back(entry, original, held)
             self._recovery.mark_restored(entry)
         return original.path
-
-    def _put_back(self, entry: JournalEntry, original: Place, held: Place) -> None:
-        with ExitStack() as stack:
-            try:
-                q_dir = stack.enter_context(fsops.open_dir(held.root, held.dirs))
-            except FileNotFoundError as exc:
-                raise QuarantineError(f"{held.path}: missing from the quarantine") from exc
-            except NotADirectoryError as exc:
-                raise RestoreRefused(f"{held.path}: {exc.strerror} on the way") from exc
-            _lstat_regular(q_dir.fd, held, missing=QuarantineError)
-            # Recreate vanished directories with the modes their mirrors in the quarantine kept.
-            mirrored = list(q_dir.modes[2:])
-            modes = [mirrored[i] if i < len(mirrored) else 0o755 for i in range(len(original.dirs))]
-            try:
-                o_dir = stack.enter_context(
-                    fsops.open_dir(original.root, original.dirs, create_modes=modes)
-                )
-            except NotADirectoryError as exc:
-                raise RestoreRefused(f"{exc.filename}: {exc.strerror}") from exc
-            except FileNotFoundError as exc:
-                raise QuarantineError(f"{original.root}: the root is not available") from exc
-            if fsops.lstat(o_dir.fd, original.name) is not None:
-                raise RestoreRefused(f"{original.path}: a file already exists there")
-            try:
-                fsops.rename_noreplace(q_dir.fd, held.name, o_dir.fd, original.name)
-            except FileExistsError as exc:
-                raise RestoreRefused(f"{original.path}: a file already exists there") from exc
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                self._copy_back(entry, q_dir.fd, held, o_dir.fd, original)
-                return
-            fsops.fsync_dir(o_dir.fd)
-            fsops.fsync_dir(q_dir.fd)
-
-    def _copy_back(
-        self, entry: JournalEntry, q_dir: int, held: Place, o_dir: int, original: Place
-    ) -> None:
-        """The EXDEV path of a restore; the renamed quarantined file marks it as in progress."""
-        marker = restoring_name(entry.id)
-        partial = partial_name(entry.id)
-        fsops.rename_noreplace(q_dir, held.name, q_dir, marker)
-        fsops.fsync_dir(q_dir)
-        try:
-            try:
-                fsops.copy_verified(q_dir, marker, o_dir, partial, sha256=entry.sha256)
-            except FileChanged as exc:
-                raise QuarantineError(f"{held.path}: the quarantined copy is damaged") from exc
-            try:
-                fsops.rename_noreplace(o_dir, partial, o_dir, original.name)
-            except FileExistsError as exc:
-                fsops.unlink(o_dir, partial)
-                raise RestoreRefused(f"{original.path}: a file already exists there") from exc
-        except BaseException:
-            fsops.rename_noreplace(q_dir, marker, q_dir, held.name)
-            fsops.fsync_dir(q_dir)
-            raise
-        fsops.fsync_dir(o_dir)
-        fsops.unlink(q_dir, marker)
-        fsops.fsync_dir(q_dir)
 
     # --- recovery, purge, listings ---
 
@@ -302,20 +258,9 @@ class Quarantine:
 
 
 def _check_identity(dir_fd: int, place: Place, expected: StatKey) -> None:
-    st = _lstat_regular(dir_fd, place)
+    st = lstat_regular(dir_fd, place)
     if not expected.same_content_version(StatKey.from_stat(st)):
         raise FileChanged(f"{place.path}: changed since it was examined")
-
-
-def _lstat_regular(
-    dir_fd: int, place: Place, missing: type[QuarantineError] = FileChanged
-) -> os.stat_result:
-    st = fsops.lstat(dir_fd, place.name)
-    if st is None:
-        raise missing(f"{place.path}: no longer there")
-    if not stat.S_ISREG(st.st_mode):
-        raise missing(f"{place.path}: not a regular file (a symlink, directory or device)")
-    return st
 
 
 def _free_name(dir_fd: int, name: str) -> str:
