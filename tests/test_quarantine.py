@@ -1257,4 +1257,4 @@ def test_symlink_swaps_racing_moves_never_touch_files_outside_the_roots(
     assert all(p.lstat().st_nlink == 2 for p in outside.iterdir())  # each twin still linked
     assert len(all_files(root)) == len(photos)
     assert outcomes.count("moved") == len(all_files(root / QDIR))
-    print("swap race:", outcomes.count("moved"), "moved,", outcomes.count("refused"), "refused")  # noqa: T201
+    print("swap race:", outcomes.count("moved"), "moved,", outcomes.count("refused"), "refused")
