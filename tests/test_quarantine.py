@@ -686,6 +686,7 @@ def test_purge_deletes_only_entries_older_than_asked(store: Store, root: Path) -
     assert [e.id for e in q.purge(older_than_seconds=0)] == [new.id]
     assert (root / QDIR).is_dir()
     assert q.purge(older_than_seconds=0) == []
+    assert q.entries() == []
 
 
 def test_listing_shows_what_is_in_the_quarantine(store: Store, root: Path) -> None:
@@ -702,6 +703,12 @@ def test_listing_shows_what_is_in_the_quarantine(store: Store, root: Path) -> No
         Tier.EXACT,
         "exact_bytes",
     )
+    a.quarantine_path.with_name("kept.jpg").hardlink_to(a.quarantine_path)
+    a.quarantine_path.unlink()  # gone by hand: listed only when asked for
+    assert q.entries() == []
+    (missing,) = q.entries(include_missing=True)
+    assert (missing.entry, missing.size) == (a, None)
+    a.quarantine_path.hardlink_to(a.quarantine_path.with_name("kept.jpg"))
     assert q.find(root / "a.jpg") == [a]
     assert q.find(a.quarantine_path) == [a]
     assert q.find(root / "b.jpg") == []
@@ -898,6 +905,7 @@ def test_recover_summarises_entries_whose_file_is_gone(
     with capture_logs() as logs:
         assert q.recover() == []
     (summary,) = [e for e in logs if e["event"] == "quarantine_entries_without_file"]
+    assert summary["log_level"] == "info"
     assert summary["count"] == 3
 
 

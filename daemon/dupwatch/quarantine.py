@@ -222,8 +222,12 @@ class Quarantine:
             ]
             return [purged for e in old if (purged := self._recovery.purge_one(e)) is not None]
 
-    def entries(self) -> list[QuarantinedFile]:
-        """Everything currently in the quarantine, oldest first."""
+    def entries(self, *, include_missing: bool = False) -> list[QuarantinedFile]:
+        """What is in the quarantine, oldest first.
+
+        Entries whose file is gone from the quarantine (purged, or deleted by hand) are left
+        out unless ``include_missing``: the journal keeps them as DONE, having no purged state.
+        """
         now = self._clock()
         listed = []
         for entry in self._journal.journal_entries([JournalState.DONE]):
@@ -231,7 +235,8 @@ class Quarantine:
                 size: int | None = entry.quarantine_path.lstat().st_size
             except OSError:
                 size = None
-            listed.append(QuarantinedFile(entry, size, max(0.0, now - entry.created_at)))
+            if size is not None or include_missing:
+                listed.append(QuarantinedFile(entry, size, max(0.0, now - entry.created_at)))
         return sorted(listed, key=lambda item: item.entry.created_at)
 
     def find(self, path: Path) -> list[JournalEntry]:

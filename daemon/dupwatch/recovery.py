@@ -132,8 +132,9 @@ class Recovery:
             elif outcome:
                 changed.append(entry.id)
         if unaccounted:
-            # Purged entries look like this too, so one summary line rather than one per file.
-            log.warning("quarantine_entries_without_file", count=unaccounted)
+            # Purged entries look like this (the journal has no purged state), so one summary
+            # line at start-up rather than a warning per file.
+            log.info("quarantine_entries_without_file", count=unaccounted)
         return [e for i in changed if (e := self._journal.journal_entry(i)) is not None]
 
     def _guarded(self, resolve: _Resolver, entry: JournalEntry) -> bool | None:
