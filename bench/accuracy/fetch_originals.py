@@ -261,10 +261,10 @@ HARDNEG_STILLS: dict[str, list[tuple[str, str]]] = {
         ("scikit-image", "motorcycle_right.png"),
     ],
     "visp_cube_frames": [
-        ("visp-images-data", _VISP + f"cube/image.00{i:02d}.pgm") for i in (0, 10, 25)
+        ("visp-images-data", _VISP + f"cube/image.00{i:02d}.pgm") for i in (0, 40, 79)
     ],
     "visp_mbt_cube_frames": [
-        ("visp-images-data", _VISP + f"mbt/cube/image00{i:02d}.pgm") for i in (0, 12, 30)
+        ("visp-images-data", _VISP + f"mbt/cube/image00{i:02d}.pgm") for i in (0, 40, 80)
     ],
     "visp_mire_frames": [
         ("visp-images-data", _VISP + f"mire-2/image.0{i:03d}.pgm") for i in (1, 15, 40)

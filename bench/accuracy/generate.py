@@ -144,10 +144,7 @@ def _caption(image: Image.Image, rng: random.Random) -> Image.Image:
 
 def _letterbox(image: Image.Image) -> Image.Image:
     w, h = image.size
-    if w * 9 >= h * 16:
-        size = (w, round(w * 9 / 16))
-    else:
-        size = (round(h * 16 / 9), h)
+    size = (w, round(w * 9 / 16)) if w * 9 >= h * 16 else (round(h * 16 / 9), h)
     canvas = Image.new("RGB", size, (0, 0, 0))
     canvas.paste(image, ((size[0] - w) // 2, (size[1] - h) // 2))
     return canvas
