@@ -21,7 +21,13 @@ import structlog
 
 from dupwatch import __version__
 from dupwatch.config import Config, check_roots, load_config, parse_duration
-from dupwatch.errors import ConfigError, DupwatchError, RestoreRefused
+from dupwatch.errors import (
+    ConfigError,
+    DupwatchError,
+    RestoreRefused,
+    StateDirError,
+    UsageError,
+)
 from dupwatch.logs import configure_logging, printable
 from dupwatch.records import Action, Tier
 from dupwatch.statepaths import database_path, default_state_dir, prepare_state_dir
@@ -34,7 +40,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
-_ROOTS_STATE_KEY = "roots"
 
 
 # --- shared helpers -----------------------------------------------------------------------
@@ -54,22 +59,6 @@ def _state_dir(args: argparse.Namespace, *, create: bool = True) -> Path:
 
 def _setup_logging(config: Config, *, to_stderr: bool = False) -> None:
     configure_logging(config.log.level, config.log.format, stream=sys.stderr if to_stderr else None)
-
-
-def _known_roots(config: Config, state_dir: Path) -> list[Path]:
-    """Roots from the config plus those the daemon was last started with."""
-    from dupwatch.runtime import open_store
-
-    roots = list(config.watch.roots)
-    if database_path(state_dir).exists():
-        store = open_store(state_dir)
-        try:
-            saved = store.get_state(_ROOTS_STATE_KEY)
-        finally:
-            store.close()
-        if saved:
-            roots += [Path(p) for p in json.loads(saved)]
-    return list(dict.fromkeys(roots))
 
 
 def _age(seconds: float) -> str:
@@ -97,9 +86,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     services = open_services(config, state_dir, config.watch.roots)
     try:
-        services.store.set_state(
-            _ROOTS_STATE_KEY, json.dumps([os.fsdecode(r) for r in services.roots])
-        )
         return Daemon(services).run()
     finally:
         services.close()
@@ -113,7 +99,8 @@ def _scan_targets(paths: Sequence[Path], config: Config) -> list[tuple[Path, Pat
     targets = []
     for raw in paths:
         start = absolute_root(raw)
-        targets.append((root_of(start, roots) or start, start))
+        own = start if start.is_dir() else start.parent
+        targets.append((root_of(start, roots) or own, start))
     return targets
 
 
@@ -121,9 +108,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     config = _config(args)
     # With --json, stdout carries only the report; logs go to stderr.
     _setup_logging(config, to_stderr=True)
-    problems = [p.replace("[watch] roots", "scan") for p in check_roots(args.paths)]
-    if problems:
-        raise ConfigError(problems)
+    for path in args.paths:
+        if not (path.is_dir() or path.is_file()):
+            raise UsageError(f"{path}: no such file or directory")
     state_dir = _state_dir(args)
     from dupwatch.filters import PathFilter
     from dupwatch.reconcile import walk_files
@@ -140,7 +127,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         for root, start in targets:
-            files = sorted(p for p, _ in walk_files(root, path_filter, start=start))
+            if start.is_file():
+                files = [start]
+            else:
+                files = sorted(p for p, _ in walk_files(root, path_filter, start=start))
             for path in files:
                 result = services.pipeline.process(path)
                 if result is None:
@@ -208,10 +198,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _open_quarantine(args: argparse.Namespace) -> tuple[Store, Quarantine]:
     config = _config(args)
     state_dir = _state_dir(args, create=False)
-    from dupwatch.runtime import open_quarantine, open_store
+    from dupwatch.runtime import open_quarantine, open_store, remembered_roots
 
-    roots = _known_roots(config, state_dir)
+    if not database_path(state_dir).exists():
+        raise StateDirError(f"{state_dir}: no database here: dupwatch has not run with it")
     store = open_store(state_dir)
+    roots = list(dict.fromkeys([*config.watch.roots, *remembered_roots(store)]))
     return store, open_quarantine(store, config, roots)
 
 

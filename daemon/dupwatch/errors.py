@@ -15,6 +15,12 @@ class DupwatchError(Exception):
     exit_code = 1
 
 
+class UsageError(DupwatchError):
+    """The command line names something that is not there (a file or folder to scan)."""
+
+    exit_code = 2
+
+
 # --- configuration and environment: the service cannot start (exit 78, no restart loop) ---
 
 

@@ -5,6 +5,8 @@ The one place that wires modules together, so commands and the daemon build them
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -27,6 +29,20 @@ from dupwatch.worker import AnalysisWorker, WorkerSettings
 log = structlog.get_logger(__name__)
 
 EMBEDDING_DIM = 1280
+
+
+_ROOTS_KEY = "roots"
+
+
+def remembered_roots(store: Store) -> list[Path]:
+    """Roots that ``run`` or ``scan`` worked on here: restore and listings need them."""
+    saved = store.get_state(_ROOTS_KEY)
+    return [Path(p) for p in json.loads(saved)] if saved else []
+
+
+def remember_roots(store: Store, roots: Sequence[Path]) -> None:
+    merged = dict.fromkeys([*remembered_roots(store), *roots])
+    store.set_state(_ROOTS_KEY, json.dumps([os.fsdecode(r) for r in merged]))
 
 
 def open_store(state_dir: Path) -> Store:
@@ -109,8 +125,11 @@ def open_services(
     worker: AnalysisWorker | None = None
     try:
         absolute = tuple(absolute_root(r) for r in roots)
-        quarantine = None if dry_run else open_quarantine(store, config, absolute)
-        if quarantine is not None:
+        quarantine = None
+        if not dry_run:
+            remember_roots(store, absolute)
+            # Earlier roots too: recovery may need to finish a move made under one of them.
+            quarantine = open_quarantine(store, config, remembered_roots(store))
             recover_quarantine(store, quarantine)
         worker = AnalysisWorker(
             WorkerSettings(
