@@ -216,8 +216,7 @@ class Pipeline:
                 similarity=p.similarity,
                 exact=bool(exact) and p.record.sha256 == file.sha256,
                 verified=p.verified,
-                not_duplicate_verdict=known is not None
-                and self._store.is_not_duplicate(known.id, p.record.id),
+                not_duplicate_verdict=self._kept_apart(known, p.record),
             )
             for p in pairs
         ]
@@ -281,6 +280,26 @@ class Pipeline:
             if keeper is not None and _present(keeper):
                 return [dataclasses.replace(keeper, sha256=file.sha256)], gone
         return [], None
+
+    def _kept_apart(self, known: FileRecord | None, other: FileRecord) -> bool:
+        """The owner restored ``known`` as not a copy of ``other`` or of a byte copy of it.
+
+        A verdict names one file, but the owner judged its content: after restoring a resized
+        copy and an exact copy of one photo, the resized copy must not go as a copy of the
+        restored exact copy.
+        """
+        if known is None:
+            return False
+        if self._store.is_not_duplicate(known.id, other.id):
+            return True
+        if other.sha256 is None:
+            return False
+        twins = self._store.files_by_sha256(other.sha256, tuple(FileStatus))
+        return any(
+            self._store.is_not_duplicate(known.id, twin.id)
+            for twin in twins
+            if twin.id not in (other.id, known.id)
+        )
 
     def _keeper_of(self, quarantined: FileRecord) -> FileRecord | None:
         """The file that ``quarantined`` was found to duplicate, if it is still in the library."""
