@@ -37,6 +37,11 @@ log = structlog.get_logger(__name__)
 HASH_CANDIDATE_DISTANCE = 10
 # Verification costs a decode of the known file; the closest few candidates are enough.
 MAX_VERIFIED_CANDIDATES = 3
+# The file whose decision to quarantine is recorded but not yet carried out. Written in the
+# same transaction as the decision, cleared once the move is done or given up, so a crash in
+# between leaves a note that start-up acts on: the file looks unchanged, and would otherwise
+# never be examined again while the duplicate stays where it is.
+IN_FLIGHT_STATE_KEY = "pipeline_in_flight"
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +231,29 @@ class Pipeline:
     def _examine(self, file: FileBytes, known: FileRecord | None) -> FileResult:
         assessment = self._assess(file, known)
         record = self._record(file, assessment)
-        return self._act(file, record, assessment.decision)
+        result = self._act(file, record, assessment.decision)
+        if assessment.decision.action is Action.QUARANTINE and not self._dry_run:
+            self._store.set_state(IN_FLIGHT_STATE_KEY, "")
+        return result
+
+    def resume_interrupted(self) -> FileResult | None:
+        """Examine again the file whose quarantine a crash interrupted (call after recovery).
+
+        The journal has already finished or rolled back the move itself; if the file is still
+        in place, its duplicate is found again and the decision carried out this time.
+        """
+        if self._dry_run:
+            return None
+        note = self._store.get_state(IN_FLIGHT_STATE_KEY)
+        if not note:
+            return None
+        record = self._store.file(int(note))
+        result = None
+        if record is not None and record.status in (FileStatus.INDEXED, FileStatus.FAILED):
+            log.info("pipeline_resumed", path=record.path, file_id=record.id)
+            result = self.process(record.path, force=True)
+        self._store.set_state(IN_FLIGHT_STATE_KEY, "")
+        return result
 
     def explain(self, path: Path) -> str:
         """What dupwatch would decide about ``path`` and why; changes nothing."""
@@ -410,6 +437,8 @@ class Pipeline:
                 similarity=decision.similarity,
                 verification=evidence,
             )
+            if decision.action is Action.QUARANTINE and not self._dry_run:
+                self._store.set_state(IN_FLIGHT_STATE_KEY, str(record.id))
         if vector is not None:
             self._remember(record, vector)
         return record

@@ -162,6 +162,7 @@ def open_services(
             model_id=worker.model_id,
             dry_run=dry_run,
         )
+        pipeline.resume_interrupted()
     except BaseException:
         if worker is not None:
             worker.close()
