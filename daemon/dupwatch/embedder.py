@@ -108,9 +108,9 @@ class ModelEmbedder:
     model_id: str
     backend: str
     threads: int
+    _features: FeatureFn = field(repr=False)
+    from_cache: bool = False  # the runtime graph came from the cache directory
     dim: int = FEATURE_DIM
-    from_cache: bool = False
-    _features: FeatureFn = field(repr=False, default=lambda batch: batch)
 
     def features(self, images: Sequence[NDArray[np.uint8]]) -> NDArray[np.float32]:
         """The raw pooled features (before normalisation), e.g. for the ImageNet classifier."""
@@ -233,5 +233,5 @@ def load_embedder(
             from_cache=cached,
             duration_ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        return ModelEmbedder(mid, name, threads, from_cache=cached, _features=features)
+        return ModelEmbedder(mid, name, threads, features, from_cache=cached)
     raise ModelError("no model backend could be loaded: " + "; ".join(failures))
