@@ -37,9 +37,9 @@ class IndexSettings:
     """Search and rebuild parameters; the defaults were chosen by bench/index_bench.py."""
 
     projected_dim: int = 64  # PCA dimensions indexed by Annoy
-    trees: int = 16
-    search_k: int = 8000  # Annoy nodes inspected per query
-    candidates: int = 48  # snapshot candidates re-ranked with full vectors
+    trees: int = 32
+    search_k: int = 30_000  # Annoy nodes inspected per query
+    candidates: int = 24  # snapshot candidates re-ranked with full vectors
     pca_sample: int = 20_000  # vectors the projection is fitted on
     rebuild_buffer_size: int = 5000  # rebuild when the buffer holds this many vectors...
     rebuild_buffer_fraction: float = 0.02  # ...or this share of the snapshot, if larger...
