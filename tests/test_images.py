@@ -213,10 +213,11 @@ def test_box_reduced_decode_of_other_formats_agrees_with_area_resize(
     tmp_path: Path, fmt: str, width: int, height: int, tolerance: float
 ) -> None:
     pixels = big_photo("coffee", width, height)
-    path = save(tmp_path / "big", pixels, fmt, lossless=True)
+    path = save(tmp_path / "big", pixels, fmt, quality=90, compress_level=1)
     assert reduction_factor(width, height, 512) == 2
     image = decode(path)
-    assert mean_diff(image.pixels, area(pixels, 512)) < tolerance
+    full = np.asarray(Image.open(path).convert("RGB"))
+    assert mean_diff(image.pixels, area(full, 512)) < tolerance
 
 
 def test_data_after_the_jpeg_end_marker_is_ignored(tmp_path: Path) -> None:
@@ -268,9 +269,10 @@ def test_orientation_tag_gives_the_pixels_of_a_physically_rotated_copy(
     # Large enough that JPEGs take the reduced (DCT-scaled) path, which must honour the tag.
     pixels = big_photo("rocket", 1400, 960)
     image = tagged(pixels, orientation)
-    by_tag = save(tmp_path / "by_tag", image, fmt, exif=image.info["exif"], quality=95)
+    fast = {"quality": 95, "compress_level": 1}
+    by_tag = save(tmp_path / "by_tag", image, fmt, exif=image.info["exif"], **fast)
     upright = ImageOps.exif_transpose(image)  # Pillow's own reading of the tag
-    physical = save(tmp_path / "physical", upright, fmt, quality=95)
+    physical = save(tmp_path / "physical", upright, fmt, **fast)
 
     decoded_tag, decoded_physical = decode(by_tag), decode(physical)
     assert (decoded_tag.width, decoded_tag.height) == upright.size
@@ -294,7 +296,7 @@ def test_heif_and_avif_orientation_matches_a_physically_rotated_copy(
 ) -> None:
     # The encoders turn the EXIF tag into irot/imir boxes; pillow-heif applies those itself,
     # Pillow's AVIF reader hands them back as an EXIF orientation. Either way: one rotation.
-    image = tagged(photo("rocket"), orientation)
+    image = tagged(photo("rocket")[:240, :320], orientation)  # small: HEVC encoding is slow
     by_tag = save(tmp_path / "by_tag", image, fmt, exif=image.info["exif"], quality=95)
     upright = ImageOps.exif_transpose(image)
     physical = save(tmp_path / "physical", upright, fmt, quality=95)

@@ -42,9 +42,9 @@ def test_reencoded_and_resized_copies_hash_alike(tmp_path: Path, name: str) -> N
     half = cv2.resize(pixels, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
     Image.fromarray(pixels).save(tmp_path / "q60.jpg", quality=60)
     Image.fromarray(half).save(tmp_path / "half.webp", quality=80)
-    Image.fromarray(pixels).save(tmp_path / "copy.heic", quality=70)
+    Image.fromarray(half).save(tmp_path / "half.heic", quality=70)
     original = perceptual_hash(decoded(tmp_path / "original.png"))
-    for copy in ("q60.jpg", "half.webp", "copy.heic"):
+    for copy in ("q60.jpg", "half.webp", "half.heic"):
         assert hamming(original, perceptual_hash(decoded(tmp_path / copy))) <= COPY, copy
 
 
