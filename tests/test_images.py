@@ -129,10 +129,18 @@ def test_small_images_are_not_enlarged(tmp_path: Path) -> None:
 def test_format_comes_from_the_bytes_not_the_name(tmp_path: Path) -> None:
     png_named_jpg = save(tmp_path / "really_a_png.jpg", photo("rocket"), "PNG")
     assert decode(png_named_jpg).format == "png"
-    text = tmp_path / "notes.jpg"
-    text.write_text("shopping list: milk, eggs\n" * 20)
-    with pytest.raises(NotAnImage):
-        decode(text)
+    for name, content in [("notes.jpg", "shopping list: milk, eggs\n"), ("car.bmp", "BMW: oil\n")]:
+        text = tmp_path / name
+        text.write_text(content * 20)
+        with pytest.raises(NotAnImage):
+            decode(text)
+
+
+def test_data_after_the_png_end_chunk_is_ignored(tmp_path: Path) -> None:
+    whole = save(tmp_path / "cat.png", photo("chelsea"), "PNG").read_bytes()
+    longer = tmp_path / "longer.png"
+    longer.write_bytes(whole + b"appended by some editor\n")
+    assert np.array_equal(decode(longer).pixels, photo("chelsea"))
 
 
 def test_grayscale_jpeg_decodes_to_three_equal_channels(tmp_path: Path) -> None:

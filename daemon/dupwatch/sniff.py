@@ -21,6 +21,11 @@ _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 # leaves the unwritten tail as zeros; entropy-coded data never holds a run this long.
 ZERO_RUN = 256
 
+_BMP_HEADER_SIZES = frozenset(struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108, 124))
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+# Walking more chunks or boxes than this means a crafted file; the decoder judges it instead.
+_MAX_WALK = 100_000
+
 _TIFF_STRIP_PAIRS = ((273, 279), (324, 325))  # (Strip|Tile)Offsets, (Strip|Tile)ByteCounts
 _TIFF_STRIP_TAGS = frozenset(tag for pair in _TIFF_STRIP_PAIRS for tag in pair)
 _TIFF_TYPE_SIZES = {3: 2, 4: 4, 16: 8}  # SHORT, LONG, LONG8
@@ -40,7 +45,8 @@ def identify(data: bytes) -> str | None:
         return "tiff"
     if data[4:8] == b"ftyp":
         return _iso_brand(data)
-    if data[:2] == b"BM" and len(data) >= 26:
+    # "BM" alone is too weak (any text starting "BM..."): require a known DIB header size.
+    if data[:2] == b"BM" and len(data) >= 26 and data[14:18] in _BMP_HEADER_SIZES:
         return "bmp"
     return None
 
@@ -103,21 +109,31 @@ def incomplete(fmt: str, data: bytes) -> str | None:
 
 
 def _png_incomplete(data: bytes) -> str | None:
+    if data.endswith(_IEND):
+        return None
     pos, size = 8, len(data)
-    while pos + 8 <= size:
+    for _ in range(_MAX_WALK):
+        if pos + 8 > size:
+            break
         length, kind = struct.unpack_from(">I4s", data, pos)
+        if not kind.isalpha():
+            return None  # damaged or zero-filled: the decoder and its caller judge which
         end = pos + 12 + length  # length, type, data, CRC
         if end > size:
             return f"PNG chunk {kind!r} ends past the end of the file"
         if kind == b"IEND":
             return None
         pos = end
+    else:
+        return None
     return "PNG has no IEND chunk"
 
 
 def _boxes_incomplete(data: bytes) -> str | None:
     pos, size = 0, len(data)
-    while pos + 8 <= size:
+    for _ in range(_MAX_WALK):
+        if pos + 8 > size:
+            break
         box_size, kind = struct.unpack_from(">I4s", data, pos)
         if box_size == 1:
             if pos + 16 > size:
@@ -130,6 +146,8 @@ def _boxes_incomplete(data: bytes) -> str | None:
         if pos + box_size > size:
             return f"box {kind!r} ends past the end of the file"
         pos += box_size
+    else:
+        return None
     return "box header cut short" if pos != size else None
 
 
