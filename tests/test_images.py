@@ -522,6 +522,12 @@ def test_size_limit_is_configurable(tmp_path: Path) -> None:
     assert len(read_file(path, max_file_bytes=size).data) == size
 
 
+def test_file_name_that_is_not_utf8_is_read(tmp_path: Path) -> None:
+    name = os.fsdecode(b"caf\xe9 \xff.jpg")  # Latin-1 name from an old camera or Samba share
+    path = save(tmp_path / name, photo("chelsea"), "JPEG")
+    assert read_file(path).data == path.read_bytes()
+
+
 def test_missing_file_has_vanished(tmp_path: Path) -> None:
     with pytest.raises(FileVanished):
         read_file(tmp_path / "gone.jpg")
