@@ -1,7 +1,7 @@
 """Fingerprinting speed: per-stage cost, end-to-end throughput, memory, start-up, runtimes.
 
 Run: ``python bench/embed_bench.py`` (first run fetches Debian wallpaper packages into
-``bench/.cache/``). Every measurement runs in a fresh process pinned to one core with one
+``bench/.cache/embed/``). Every measurement runs in a fresh process pinned to one core with one
 thread per library, so imports and RSS are those of a real worker. Writes the "Embedding"
 section of ``bench/RESULTS.md`` and prints it.
 """
@@ -23,10 +23,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from photo_sets import CACHE, photo_sets  # noqa: E402
+from photo_sets import EMBED_CACHE, photo_sets  # noqa: E402
 
-MODEL_CACHE = CACHE / "model"
-TFLITE = CACHE / "litert" / "efficientnet-lite0.tflite"
+MODEL_CACHE = EMBED_CACHE / "model"
+TFLITE = EMBED_CACHE / "litert" / "efficientnet-lite0.tflite"
 ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
@@ -194,7 +194,7 @@ def _convert_tflite() -> None:
         f"open({str(TFLITE)!r}, 'wb').write(data)\n"
     )
     TFLITE.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=CACHE)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=EMBED_CACHE)
 
 
 def _in_process(target: Any, *args: Any) -> Any:

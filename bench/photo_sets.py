@@ -1,7 +1,7 @@
 """Benchmark photo sets made from the photographs in Debian's wallpaper packages.
 
 The packages are fetched with ``apt-get download`` and unpacked with ``dpkg -x`` into
-``bench/.cache/`` (git-ignored). Debian ships few camera-resolution photos, so each
+``bench/.cache/embed/`` (git-ignored). Debian ships few camera-resolution photos, so each
 photographic wallpaper (2-18 MP) is cropped to 4:3, resized to 4000 x 3000 and given mild
 sensor-like noise, which brings its JPEG to the size and entropy of a 12 MP phone photo
 (about 2 MB at quality 92); without the noise an upscaled photo decodes faster than a real one.
@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 
 CACHE = Path(__file__).resolve().parent / ".cache"
+# A folder of its own: other benchmarks keep their downloads in bench/.cache too.
+EMBED_CACHE = CACHE / "embed"
 PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers")
 # Photographs (not drawings) inside those packages; the largest version of each.
 SOURCES = (
@@ -40,15 +42,16 @@ SOURCES = (
 
 
 def _fetch() -> Path:
-    root = CACHE / "packages"
+    root = EMBED_CACHE / "packages"
     done = root / ".unpacked"
     if done.exists():
         return root
-    debs = CACHE / "debs"
+    debs = EMBED_CACHE / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     subprocess.run(["apt-get", "download", *PACKAGES], cwd=debs, check=True)
-    for deb in sorted(debs.glob("*.deb")):
-        subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    for package in PACKAGES:
+        for deb in sorted(debs.glob(f"{package}_*.deb")):
+            subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
     done.touch()
     return root
 
@@ -71,7 +74,7 @@ def _to_4_3(image: np.ndarray, width: int, height: int) -> np.ndarray:
 def photo_sets() -> dict[str, list[Path]]:
     """Build (once) and return the benchmark sets, each a sorted list of JPEG files."""
     names = ("12mp", "12mp-progressive", "2mp")
-    out = {name: CACHE / "sets" / name for name in names}
+    out = {name: EMBED_CACHE / "sets" / name for name in names}
     if not all(d.is_dir() and any(d.iterdir()) for d in out.values()):
         root = _fetch()
         for d in out.values():
