@@ -60,12 +60,32 @@ class WorkerSettings:
 # --- child side ---------------------------------------------------------------------------
 
 
+def _address_space() -> int | None:
+    """This process's current virtual size in bytes (VmSize), or None where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _limit_memory(mib: int) -> None:
-    limit = mib * 2**20
+    """Cap what decoding may add to the address space the loaded model already uses.
+
+    Set after the model is loaded: runtimes reserve very different amounts of virtual memory
+    up front (TensorFlow several GB), and what must be bounded is what one file can make the
+    decoder allocate on top.
+    """
+    base = _address_space() or 0
+    limit = base + mib * 2**20
     try:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ValueError, OSError) as exc:  # some kernels or containers refuse; not fatal
         log.warning("worker_memory_limit_unset", error=str(exc))
+        return
+    log.debug("worker_memory_limited", base_mib=base >> 20, budget_mib=mib)
 
 
 def _fingerprint(embedder: Any, file: FileBytes, decode: DecodeConfig) -> Fingerprint:
@@ -105,7 +125,6 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
     stream = sys.stderr if settings.log_to_stderr else sys.stdout
     configure_logging(settings.log.level, settings.log.format, stream=stream)
     structlog.contextvars.bind_contextvars(process="worker")
-    _limit_memory(settings.decode.worker_memory_mib)
     try:
         from dupwatch.embedder import load_embedder
 
@@ -117,6 +136,7 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
     except Exception as exc:  # reported to the parent, which stops the service
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return
+    _limit_memory(settings.decode.worker_memory_mib)
     conn.send(("ready", embedder.model_id))
     while True:
         try:
