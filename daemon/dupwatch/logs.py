@@ -115,6 +115,8 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+    # Library warnings (Pillow's "Corrupt EXIF data", ...) become log events, not stray stderr.
+    logging.captureWarnings(True)
     # Third-party chatter (watchdog's per-event debug, TensorFlow's start-up notes) stays quiet
     # unless something goes wrong.
     for noisy in ("watchdog", "tensorflow", "absl", "PIL"):

@@ -18,7 +18,13 @@ import structlog
 from numpy.typing import NDArray
 
 from dupwatch.config import Config
-from dupwatch.errors import FileChanged, FileRejected, FileVanished, QuarantineError
+from dupwatch.errors import (
+    FileChanged,
+    FileChanging,
+    FileRejected,
+    FileVanished,
+    QuarantineError,
+)
 from dupwatch.hashindex import HashIndex
 from dupwatch.images import FileBytes, PhotoMeta, read_file
 from dupwatch.index import VectorIndex
@@ -506,6 +512,11 @@ class Pipeline:
                 self._store.set_file_status(known.id, FileStatus.GONE)
                 self._forget(known.id)
             return FileResult(path, Tier.FAILED, Action.NONE, "vanished", reason=exc.reason)
+        if isinstance(exc, FileChanging):
+            # Still being written: nothing is recorded, so the next event or walk retries it.
+            return FileResult(
+                path, Tier.FAILED, Action.NONE, exc.reason, reason=exc.reason, detail=exc.detail
+            )
         try:
             stat = StatKey.of(path)
         except OSError:
