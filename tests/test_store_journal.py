@@ -96,6 +96,25 @@ def test_journal_states_move_only_forward(tmp_path: Path) -> None:
         assert restored.restored_at >= before
 
 
+def test_only_a_done_entry_can_be_purged_and_a_purged_one_stays_purged(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "db.sqlite") as store:
+        held = _intent(store, "held.jpg").id  # type: ignore[attr-defined]
+        pending = _intent(store, "pending.jpg").id  # type: ignore[attr-defined]
+        with pytest.raises(StoreError, match="intent to purged"):
+            store.journal_set_state(pending, JournalState.PURGED)
+        store.journal_set_state(held, JournalState.DONE)
+        store.journal_set_state(held, JournalState.PURGED)
+        store.journal_set_state(held, JournalState.PURGED)  # repeating a step is harmless
+        for later in (JournalState.RESTORED, JournalState.DONE, JournalState.ROLLED_BACK):
+            with pytest.raises(StoreError, match="purged to"):
+                store.journal_set_state(held, later)
+    with Store.open(tmp_path / "db.sqlite") as store:
+        purged = store.journal_entry(held)
+        assert purged is not None
+        assert (purged.state, purged.restored_at) == (JournalState.PURGED, None)
+        assert [e.id for e in store.journal_entries([JournalState.DONE])] == []
+
+
 def test_journal_lists_pending_and_filters_by_state(tmp_path: Path) -> None:
     with Store.open(tmp_path / "db.sqlite") as store:
         ids = [_intent(store, f"{i}.jpg").id for i in range(4)]  # type: ignore[attr-defined]

@@ -47,6 +47,7 @@ class JournalState(enum.Enum):
     DONE = "done"
     ROLLED_BACK = "rolled_back"
     RESTORED = "restored"
+    PURGED = "purged"  # deleted from the quarantine for good; the entry stays as the record
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,10 @@ _COLUMNS = (
 # recovery can re-apply a step it is unsure was recorded.
 _TRANSITIONS: dict[JournalState, frozenset[JournalState]] = {
     JournalState.INTENT: frozenset({JournalState.DONE, JournalState.ROLLED_BACK}),
-    JournalState.DONE: frozenset({JournalState.RESTORED}),
+    JournalState.DONE: frozenset({JournalState.RESTORED, JournalState.PURGED}),
     JournalState.ROLLED_BACK: frozenset(),
     JournalState.RESTORED: frozenset(),
+    JournalState.PURGED: frozenset(),
 }
 
 
@@ -86,7 +87,7 @@ class JournalMixin(StoreBase):
             return _entry(cur.fetchone())
 
     def journal_set_state(self, entry_id: int, state: JournalState) -> None:
-        """Move an entry on: INTENT to DONE or ROLLED_BACK, DONE to RESTORED.
+        """Move an entry on: INTENT to DONE or ROLLED_BACK, DONE to RESTORED or PURGED.
 
         RESTORED also records the time of the restore. Raises StoreError for an unknown entry
         or a move the journal does not allow (such as restoring a rolled-back move).

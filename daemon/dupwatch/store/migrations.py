@@ -116,3 +116,40 @@ def _files_vectors_decisions(db: Database) -> None:
     )
     db.execute("CREATE INDEX decisions_file ON decisions (file_id)")
     db.execute("CREATE INDEX decisions_neighbour ON decisions (neighbour_id)")
+
+
+@MIGRATIONS(name="0003_journal_purged_state")
+def _journal_purged_state(db: Database) -> None:
+    # A purge deletes the quarantined file for good; the entry must say so rather than stay
+    # "done". SQLite cannot change a CHECK constraint in place, so the table is rebuilt: a copy
+    # with the wider CHECK, every row moved across with its id, the old table dropped, the copy
+    # renamed and its index recreated. Nothing refers to the journal, so the rename is safe with
+    # foreign keys on, and the whole of it runs in the store's one migration transaction.
+    db.execute(
+        """
+        CREATE TABLE journal_0003 (
+            id INTEGER PRIMARY KEY,
+            file_id INTEGER,
+            state TEXT NOT NULL
+                CHECK (state IN ('intent', 'done', 'rolled_back', 'restored', 'purged')),
+            original_path BLOB NOT NULL,
+            quarantine_path BLOB NOT NULL,
+            sha256 TEXT NOT NULL,
+            duplicate_of INTEGER,
+            tier TEXT NOT NULL,
+            similarity REAL,
+            rule TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            restored_at REAL
+        )
+        """
+    )
+    columns = (
+        "id, file_id, state, original_path, quarantine_path, sha256, duplicate_of, tier, "
+        "similarity, rule, created_at, updated_at, restored_at"
+    )
+    db.execute(f"INSERT INTO journal_0003 ({columns}) SELECT {columns} FROM journal")
+    db.execute("DROP TABLE journal")
+    db.execute("ALTER TABLE journal_0003 RENAME TO journal")
+    db.execute("CREATE INDEX journal_state ON journal (state)")
