@@ -1,0 +1,228 @@
+"""Geometric alignment of two images: the similarity transform that maps one onto the other.
+
+A copy of a photo differs from its original by a resize, a crop, a 90-degree rotation, a mirror,
+a letterbox or a frame around it: all of these are a similarity transform (scale, rotation by a
+multiple of 90 degrees, translation), possibly after a mirror. A different photo of the same
+scene (another viewpoint, a camera that moved) is not explained by one, or only with a rotation
+that is not a multiple of 90 degrees. Two ways to find the transform are offered: a cheap one
+for copies that keep the whole frame (compare tiny thumbnails under the eight dihedral
+variants) and ORB features matched with a ratio test and RANSAC for the rest.
+
+Transforms are 2x3 float64 matrices mapping pixel coordinates of ``b`` (after the mirror, if
+any) to pixel coordinates of ``a``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+Image = NDArray[np.uint8]
+Matrix = NDArray[np.float64]
+
+_THUMB = 24  # thumbnail side for the dihedral comparison: enough to tell orientations apart
+
+
+@dataclass(frozen=True, slots=True)
+class Alignment:
+    """One proposed way to lay ``b`` over ``a``."""
+
+    matrix: Matrix  # 2x3, b (mirrored first when ``mirrored``) -> a
+    mirrored: bool  # b is flipped left-right before ``matrix`` applies
+    method: str  # "dihedral" or "features"
+    matches: int  # ratio-test matches (features) or 0
+    inliers: int  # RANSAC inliers (features) or 0
+    correlation: float  # thumbnail correlation (dihedral) or inlier ratio (features)
+    angle_error: float = 0.0  # degrees RANSAC's rotation was from a quarter turn (features)
+
+    @property
+    def scale(self) -> float:
+        return math.sqrt(abs(float(np.linalg.det(self.matrix[:, :2]))))
+
+    @property
+    def angle(self) -> float:
+        """Rotation in degrees, in (-180, 180]."""
+        return math.degrees(math.atan2(self.matrix[1, 0], self.matrix[0, 0]))
+
+    def describe(self) -> str:
+        tx, ty = self.matrix[:, 2]
+        mirror = "mirror+" if self.mirrored else ""
+        return (
+            f"{mirror}rotate {self.angle:.0f} scale {self.scale:.3f} "
+            f"shift ({tx:.0f},{ty:.0f}) via {self.method}"
+        )
+
+
+def gray(image: Image) -> Image:
+    if image.ndim == 2:
+        return image
+    return np.asarray(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), dtype=np.uint8)
+
+
+def mirror(image: Image) -> Image:
+    flipped: Image = np.ascontiguousarray(image[:, ::-1])
+    return flipped
+
+
+def _dihedral_matrix(k: int, width: int, height: int, sx: float, sy: float) -> Matrix:
+    """The point map from a w x h image to its ``np.rot90(image, k)`` scaled by (sx, sy).
+
+    Written on pixel centres so the result is exact for any size.
+    """
+    w, h = float(width), float(height)
+    k %= 4
+    if k == 0:
+        rot = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    elif k == 1:  # (x, y) -> (y, w - 1 - x)
+        rot = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, w - 1.0]])
+    elif k == 2:  # (x, y) -> (w - 1 - x, h - 1 - y)
+        rot = np.array([[-1.0, 0.0, w - 1.0], [0.0, -1.0, h - 1.0]])
+    else:  # (x, y) -> (h - 1 - y, x)
+        rot = np.array([[0.0, -1.0, h - 1.0], [1.0, 0.0, 0.0]])
+    # Scale about pixel centres: x' = (x + 0.5) * s - 0.5.
+    scale = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+    return np.asarray((scale @ np.vstack([rot, [0.0, 0.0, 1.0]]))[:2], dtype=np.float64)
+
+
+def dihedral_candidates(
+    a: Image, b: Image, *, max_aspect_error: float, min_correlation: float
+) -> list[Alignment]:
+    """Whole-frame alignments of ``b`` onto ``a`` under the eight dihedral variants.
+
+    Only variants whose aspect ratio matches ``a``'s are tried; each is scored by the
+    correlation of 24x24 grey thumbnails, and those above ``min_correlation`` are returned,
+    best first. This catches resized, re-encoded, recoloured, rotated and mirrored copies
+    without any feature matching.
+    """
+    ha, wa = a.shape[:2]
+    hb, wb = b.shape[:2]
+    thumb_a = _thumb(gray(a))
+    thumb_b = _thumb(gray(b))
+    found: list[Alignment] = []
+    for mirrored in (False, True):
+        tb = thumb_b[:, ::-1] if mirrored else thumb_b
+        for k in range(4):
+            rw, rh = (wb, hb) if k % 2 == 0 else (hb, wb)
+            if abs(math.log((wa / ha) / (rw / rh))) > max_aspect_error:
+                continue
+            corr = _correlation(thumb_a, np.rot90(tb, k))
+            if corr < min_correlation:
+                continue
+            matrix = _dihedral_matrix(k, wb, hb, wa / rw, ha / rh)
+            found.append(Alignment(matrix, mirrored, "dihedral", 0, 0, corr))
+    found.sort(key=lambda al: -al.correlation)
+    return found
+
+
+def _thumb(g: Image) -> NDArray[np.float32]:
+    return cv2.resize(g, (_THUMB, _THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def _correlation(x: NDArray[np.float32], y: NDArray[np.float32]) -> float:
+    xc = x - x.mean()
+    yc = y - y.mean()
+    denom = math.sqrt(float((xc * xc).sum()) * float((yc * yc).sum()))
+    if denom < 1e-6:
+        return 0.0
+    return float((xc * yc).sum()) / denom
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """ORB keypoints of one image (pixel coordinates) and their descriptors."""
+
+    points: NDArray[np.float32]  # (n, 2)
+    descriptors: NDArray[np.uint8] | None  # (n, 32)
+
+
+def orb_features(image: Image, *, count: int) -> Features:
+    # A low FAST threshold keeps blurred and low-contrast copies from running out of corners.
+    orb = cv2.ORB.create(nfeatures=count, scaleFactor=1.2, nlevels=8, fastThreshold=10)
+    keypoints, descriptors = orb.detectAndCompute(gray(image), None)
+    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+    return Features(points, None if descriptors is None else np.asarray(descriptors, np.uint8))
+
+
+def feature_alignment(
+    fa: Features,
+    fb: Features,
+    *,
+    mirrored: bool,
+    ratio: float,
+    reprojection_px: float,
+) -> Alignment | None:
+    """The similarity transform most matches agree on, or None when too few matches exist.
+
+    ``fb`` must have been computed on the mirrored image when ``mirrored`` is set.
+    """
+    if fa.descriptors is None or fb.descriptors is None:
+        return None
+    if len(fa.points) < 3 or len(fb.points) < 3:
+        return None
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    pairs = matcher.knnMatch(fb.descriptors, fa.descriptors, k=2)
+    src: list[int] = []
+    dst: list[int] = []
+    for pair in pairs:
+        if len(pair) == 2 and pair[0].distance < ratio * pair[1].distance:
+            src.append(pair[0].queryIdx)
+            dst.append(pair[0].trainIdx)
+    if len(src) < 3:
+        return None
+    pts_b = fb.points[src]
+    pts_a = fa.points[dst]
+    matrix, inlier_mask = cv2.estimateAffinePartial2D(
+        pts_b,
+        pts_a,
+        method=cv2.RANSAC,
+        ransacReprojThreshold=reprojection_px,
+        maxIters=2000,
+        confidence=0.995,
+        refineIters=10,
+    )
+    if matrix is None or inlier_mask is None:
+        return None
+    keep = inlier_mask.ravel().astype(bool)
+    inliers = int(keep.sum())
+    if inliers < 3:
+        return None
+    raw_angle = math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
+    quarter = round(raw_angle / 90.0)
+    snapped = _fit_quarter_turn(pts_b[keep], pts_a[keep], quarter)
+    return Alignment(
+        snapped,
+        mirrored,
+        "features",
+        len(src),
+        inliers,
+        inliers / len(src),
+        abs(raw_angle - 90.0 * quarter),
+    )
+
+
+def _fit_quarter_turn(
+    pts_b: NDArray[np.float32], pts_a: NDArray[np.float32], quarter: int
+) -> Matrix:
+    """Least-squares scale and shift for a rotation fixed at ``quarter`` quarter turns.
+
+    Copies are rotated only in quarter turns; fixing the angle removes the small error RANSAC
+    leaves, which would otherwise show as residual along every edge of the comparison.
+    """
+    theta = math.radians(90.0 * quarter)
+    rot = np.round(
+        np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    )
+    pb = pts_b.astype(np.float64)
+    pa = pts_a.astype(np.float64)
+    mb = pb.mean(axis=0)
+    ma = pa.mean(axis=0)
+    rb = (pb - mb) @ rot.T
+    denom = float((rb * rb).sum())
+    scale = float(((pa - ma) * rb).sum()) / denom if denom > 1e-9 else 1.0
+    linear = scale * rot
+    shift = ma - linear @ mb
+    return np.hstack([linear, shift.reshape(2, 1)])
