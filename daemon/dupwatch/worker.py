@@ -165,6 +165,20 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
 
 # --- parent side --------------------------------------------------------------------------
 
+# Read by OpenBLAS, OpenMP and MKL when the child imports numpy, so they must be in the
+# environment the child is spawned with.
+_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _limit_library_threads(threads: int) -> None:
+    """Give the child's numerical libraries the configured thread count, not one per core.
+
+    Verification solves many small least-squares problems; a thread pool per core makes each
+    one several times slower on a busy two-core NAS. A value the owner set is kept.
+    """
+    for name in _THREAD_VARIABLES:
+        os.environ.setdefault(name, str(threads))
+
 
 def _rebuild_rejection(name: str, path: Path, detail: str) -> FileRejected:
     cls = getattr(errors, name, None)
@@ -190,6 +204,7 @@ class AnalysisWorker:
         process = self._ctx.Process(
             target=_serve, args=(child, self._settings), name="dupwatch-worker", daemon=True
         )
+        _limit_library_threads(self._settings.model.threads)
         process.start()
         child.close()
         self._process, self._conn = process, parent
