@@ -9,8 +9,12 @@ tail), grouped in clusters like bursts and events. Near-duplicates are planted a
 The index runs in a child process, as the daemon would (its peak RSS is the figure to read);
 the parent holds every vector for the exact-search reference.
 
+A build is ``projected_dim:links:ef_construction`` (PCA dimensions the HNSW graph indexes,
+links per vector, breadth of the link search); a search is ``ef_search:candidates`` (breadth
+of the graph search, candidates re-scored with their full vectors).
+
     python bench/index_bench.py --n 100000
-    python bench/index_bench.py --n 1000000 --builds 64:16 --searches 8000:48
+    python bench/index_bench.py --n 1000000 --builds 64:32:40 --searches 128:24,256:24
 """
 
 from __future__ import annotations
@@ -164,10 +168,12 @@ def child(args: argparse.Namespace) -> None:
     from dupwatch.store import Store
 
     configure_logging("warning")
-    d, trees = (int(x) for x in args.build.split(":"))
+    d, links, ef_construction = (int(x) for x in args.build.split(":"))
     queries = np.load(args.queries)
     store = Store.open(Path(args.db))
-    settings = IndexSettings(projected_dim=d, trees=trees, rebuild_buffer_size=10_000)
+    settings = IndexSettings(
+        projected_dim=d, links=links, ef_construction=ef_construction, rebuild_buffer_size=10_000
+    )
     started = time.perf_counter()
     index = VectorIndex.open(
         store, Path(args.index_dir), model_id=MODEL, dim=DIM, settings=settings
@@ -177,8 +183,8 @@ def child(args: argparse.Namespace) -> None:
     snapshot_bytes = sum(p.stat().st_size for p in Path(args.index_dir).glob("snapshot-*"))
     results = {}
     for spec in args.searches.split(","):
-        search_k, candidates = (int(x) for x in spec.split(":"))
-        index.settings = dataclasses.replace(settings, search_k=search_k, candidates=candidates)
+        ef_search, candidates = (int(x) for x in spec.split(":"))
+        index.settings = dataclasses.replace(settings, ef_search=ef_search, candidates=candidates)
         index.search(queries[0], 10)  # warm-up
         ids = np.zeros((len(queries), 10), dtype=np.int64)
         times = np.zeros(len(queries))
@@ -208,8 +214,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--per-band", type=int, default=300, help="planted copies per band")
     parser.add_argument("--real", type=int, default=250, help="cached photos to embed (0: none)")
-    parser.add_argument("--builds", default="32:8,64:8,64:16", help="projected_dim:trees,...")
-    parser.add_argument("--searches", default="-1:16,2000:32,8000:48", help="search_k:cands,...")
+    parser.add_argument(
+        "--builds", default="64:32:40", help="projected_dim:links:ef_construction,..."
+    )
+    parser.add_argument(
+        "--searches", default="64:24,128:24,256:24", help="ef_search:candidates,..."
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -317,7 +327,7 @@ def main() -> None:
         return f"{hit.mean():.4f}"
 
     header = (
-        "| build (d:trees) | search_k:cands | build s | peak RSS MiB | RSS after MiB "
+        "| d:links:ef_constr | ef_search:cands | open s | peak RSS MiB | RSS after MiB "
         "| snapshot MiB | p50 ms | p99 ms | " + " | ".join(dict.fromkeys(labels)) + " |"
     )
     print()
@@ -328,9 +338,13 @@ def main() -> None:
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    for build in args.builds.split(","):
+    # Each build runs twice: the first child builds the snapshot (one core) and searches; the
+    # second opens it as a restarted daemon would (load, no build), so its RSS is the daemon's
+    # with the snapshot loaded, without what the build left behind in the allocator.
+    runs = [(b, phase) for b in args.builds.split(",") for phase in ("build", "restart")]
+    for build, phase in runs:
         index_dir = work / f"index-{build.replace(':', '-')}"
-        out = work / f"result-{build.replace(':', '-')}.json"
+        out = work / f"result-{build.replace(':', '-')}-{phase}.json"
         subprocess.run(
             [
                 sys.executable,
@@ -357,7 +371,8 @@ def main() -> None:
             ms = np.array(r["ms"])
             cells = [recall(found, lab) for lab in dict.fromkeys(labels)]
             print(
-                f"| {build} | {spec} | {res['build_s']:.0f} | {res['peak_rss_build_mib']:.0f} | "
+                f"| {build} {phase} | {spec} | {res['build_s']:.0f} | "
+                f"{res['peak_rss_build_mib']:.0f} | "
                 f"{res['rss_after_queries_mib']:.0f} | {res['snapshot_bytes'] / 2**20:.0f} | "
                 f"{np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | "
                 + " | ".join(cells)

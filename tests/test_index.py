@@ -16,7 +16,7 @@ from dupwatch.store import Store
 MODEL = "test-model"
 DIM = 96
 SETTINGS = IndexSettings(
-    projected_dim=24, trees=8, search_k=2000, candidates=32, rebuild_buffer_size=1500
+    projected_dim=24, links=16, ef_search=64, candidates=32, rebuild_buffer_size=1500
 )
 
 
@@ -26,7 +26,7 @@ def _clustered(rng: np.random.Generator, n: int) -> np.ndarray:
     centres = rng.standard_normal((max(n // 20, 1), DIM)) * scales
     members = centres[rng.integers(0, len(centres), n)]
     members = members + 0.35 * rng.standard_normal((n, DIM)) * scales
-    return (members / np.linalg.norm(members, axis=1, keepdims=True)).astype(np.float32)
+    return np.asarray(members / np.linalg.norm(members, axis=1, keepdims=True), dtype=np.float32)
 
 
 def _copy(rng: np.random.Generator, v: np.ndarray, similarity: float) -> np.ndarray:
@@ -34,7 +34,7 @@ def _copy(rng: np.random.Generator, v: np.ndarray, similarity: float) -> np.ndar
     noise = rng.standard_normal(DIM).astype(np.float32)
     noise -= (noise @ v) * v
     noise /= np.linalg.norm(noise)
-    return (similarity * v + np.sqrt(1 - similarity**2) * noise).astype(np.float32)
+    return np.asarray(similarity * v + np.sqrt(1 - similarity**2) * noise, dtype=np.float32)
 
 
 class Library:
@@ -183,13 +183,41 @@ def test_unreadable_newest_snapshot_falls_back_and_leftovers_are_cleared(
     _open(library, tmp_path).close()
     directory = tmp_path / "index"
     [good] = list_snapshots(directory)
-    (directory / "snapshot-999999.ann").write_bytes(b"not an annoy file")
+    (directory / "snapshot-999999.hnsw").write_bytes(b"not a graph")
     np.savez(directory / "snapshot-999999.npz", nothing=np.zeros(1))
-    (directory / ".snapshot-5.ann.123.tmp").write_bytes(b"half-written")
+    (directory / ".snapshot-5.hnsw.123.tmp").write_bytes(b"half-written")
     index = _open(library, tmp_path)
     try:
         assert index.stats().snapshot_upto_seq == good.upto_seq
-        assert not (directory / ".snapshot-5.ann.123.tmp").exists()
+        assert not (directory / ".snapshot-5.hnsw.123.tmp").exists()
+        library.check_near_duplicates(index, ids[:20])
+        library.put(_clustered(library.rng, 10))
+        assert index.start_rebuild()
+        assert index.wait_for_rebuild(timeout=120)
+        assert index.last_error is None
+        # The next snapshot replaces both the one in use and the unreadable one.
+        [newest] = list_snapshots(directory)
+        assert newest.upto_seq > good.upto_seq
+        assert not (directory / "snapshot-999999.hnsw").exists()
+    finally:
+        index.close()
+
+
+def test_an_annoy_snapshot_of_an_earlier_version_is_removed_and_rebuilt(
+    library: Library, tmp_path: Path
+) -> None:
+    ids = library.put(_clustered(library.rng, 1800))
+    directory = tmp_path / "index"
+    directory.mkdir()
+    (directory / "snapshot-1800.ann").write_bytes(b"annoy trees")
+    np.savez(directory / "snapshot-1800.npz", file_ids=np.arange(1800))
+    index = _open(library, tmp_path)
+    try:
+        assert sorted(p.name for p in directory.iterdir()) == [
+            "snapshot-1800.hnsw",
+            "snapshot-1800.npz",
+        ]
+        assert index.stats().snapshot_items == 1800
         library.check_near_duplicates(index, ids[:20])
     finally:
         index.close()

@@ -1,7 +1,8 @@
-"""Similarity search: the Annoy snapshot plus a buffer of recent vectors, minus tombstones.
+"""Similarity search: the snapshot plus a buffer of recent vectors, minus tombstones.
 
 The store is the source of truth; everything here is a cache that can be rebuilt from it. A
-search asks the snapshot for candidates (in its projected space), re-ranks them with their full
+search asks the snapshot (an HNSW graph over a projection of the vectors; see snapshot.py for
+why) for candidates in its projected space, re-ranks them with their full
 vectors from the store, adds exact matches from the buffer (vectors added since the snapshot),
 and leaves out tombstoned files (gone, quarantined or replaced since the snapshot). When the
 buffer grows past a size or age threshold, a background thread builds a new snapshot and swaps
@@ -21,9 +22,11 @@ from numpy.typing import NDArray
 
 from dupwatch.records import Neighbour
 from dupwatch.snapshot import (
+    GraphSettings,
     Projection,
     Snapshot,
     list_snapshots,
+    remove_obsolete,
     remove_snapshot,
     write_snapshot,
 )
@@ -36,10 +39,11 @@ log = structlog.get_logger(__name__)
 class IndexSettings:
     """Search and rebuild parameters; the defaults were chosen by bench/index_bench.py."""
 
-    projected_dim: int = 64  # PCA dimensions indexed by Annoy
-    trees: int = 32
-    search_k: int = 30_000  # Annoy nodes inspected per query
-    candidates: int = 24  # snapshot candidates re-ranked with full vectors
+    projected_dim: int = 64  # PCA dimensions the graph indexes
+    links: int = 32  # graph links per vector (16 lost near-duplicates in clusters, measured)
+    ef_construction: int = 40  # breadth of the search for those links while building
+    ef_search: int = 256  # breadth of the graph search per query
+    candidates: int = 24  # snapshot candidates re-scored with their full vectors
     pca_sample: int = 20_000  # vectors the projection is fitted on
     rebuild_buffer_size: int = 5000  # rebuild when the buffer holds this many vectors...
     rebuild_buffer_fraction: float = 0.02  # ...or this share of the snapshot, if larger...
@@ -152,6 +156,8 @@ class VectorIndex:
         index = cls(store, directory, model_id, dim, settings or IndexSettings())
         for leftover in directory.glob(".snapshot-*.tmp"):
             leftover.unlink(missing_ok=True)  # from a build that was interrupted
+        if remove_obsolete(directory):
+            log.info("snapshot_format_obsolete", directory=directory)
         snapshot = index._load_latest()
         if snapshot is None and store.vector_count(model_id) > index.settings.rebuild_buffer_size:
             log.info("snapshot_missing_rebuilding", model_id=model_id)
@@ -179,14 +185,14 @@ class VectorIndex:
         for files in list_snapshots(self._directory):
             try:
                 snapshot = Snapshot.load(files)
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("snapshot_unreadable", path=files.ann, error=str(exc))
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:  # faiss: RuntimeError
+                log.warning("snapshot_unreadable", path=files.graph, error=str(exc))
                 continue
             if (
                 snapshot.model_id != self._model_id
                 or snapshot.projection.mean.shape[0] != self._dim
             ):
-                log.info("snapshot_for_other_model", path=files.ann, model_id=snapshot.model_id)
+                log.info("snapshot_for_other_model", path=files.graph, model_id=snapshot.model_id)
                 continue
             return snapshot
         return None
@@ -212,7 +218,7 @@ class VectorIndex:
                 wanted = max(self.settings.candidates, k)
                 candidates = [
                     i
-                    for i in snapshot.candidates(query, wanted, self.settings.search_k).tolist()
+                    for i in snapshot.candidates(query, wanted, self.settings.ef_search).tolist()
                     if i not in self._tombstones and i not in buffer.row_of
                 ]
                 full = self._store.vectors_for(candidates, self._model_id)
@@ -288,7 +294,7 @@ class VectorIndex:
         return True
 
     def close(self, timeout: float = 600.0) -> None:
-        """Let a running rebuild finish (Annoy cannot stop halfway) before the store closes."""
+        """Let a running rebuild finish (a graph build cannot stop halfway) before the store closes."""
         if not self.wait_for_rebuild(timeout):
             log.warning("snapshot_build_still_running", timeout=timeout)
 
@@ -322,17 +328,20 @@ class VectorIndex:
             projection=projection,
             # Small pages keep each read short, so searches sharing the store barely wait.
             batches=self._store.iter_vectors(self._model_id, upto_seq=upto, batch_size=2000),
-            trees=self.settings.trees,
+            graph_settings=GraphSettings(self.settings.links, self.settings.ef_construction),
         )
         snapshot = Snapshot.load(files)
         with self._lock:
-            old, self._snapshot = self._snapshot, snapshot
+            self._snapshot = snapshot
             self._buffer = self._buffer.after(covered)
             if self._tombstones:
                 dead = np.fromiter(self._tombstones, dtype=np.int64)
                 self._tombstones = set(dead[snapshot.contains(dead)].tolist())
-        if old is not None and old.files != files:
-            remove_snapshot(old.files)  # searches still holding it keep their mapping
+        # Older snapshots (the one just replaced, or unreadable ones skipped at open) are of no
+        # more use; searches still holding the replaced one keep their mapping.
+        for stale in list_snapshots(self._directory):
+            if stale != files:
+                remove_snapshot(stale)
 
     def stats(self) -> IndexStats:
         with self._lock:
