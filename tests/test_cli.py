@@ -82,7 +82,7 @@ def test_scan_then_quarantine_list_and_restore(tmp_path: Path, photos: Path) -> 
     assert (photos / "coffee (1).jpg").read_bytes() == (photos / "coffee.jpg").read_bytes()
     again = dupwatch("restore", str(copy["id"]), state=state)
     assert again.returncode == 1
-    assert again.stderr.startswith("error: ")
+    assert again.stderr.splitlines()[-1].startswith("error: ")
     report = dupwatch("report", state=state)
     assert "sent.jpg" in report.stdout
 

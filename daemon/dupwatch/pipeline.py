@@ -29,7 +29,7 @@ from dupwatch.hashindex import HashIndex
 from dupwatch.images import FileBytes, PhotoMeta, read_file
 from dupwatch.index import VectorIndex
 from dupwatch.logs import printable
-from dupwatch.policy import Candidate, Decision, PhotoFacts, decide
+from dupwatch.policy import Candidate, Decision, PhotoFacts, camera_times_differ, decide
 from dupwatch.quarantine import Quarantine
 from dupwatch.records import Action, FileStatus, StatKey, Tier
 from dupwatch.store import Store
@@ -63,6 +63,7 @@ class FileResult:
     reason: str | None = None  # failure code or why a planned action did not happen
     detail: str | None = None
     moved: Path | None = None  # the file that went (or would go) into the quarantine
+    nearest: Path | None = None  # the most similar known file, whatever the tier
     dry_run: bool = False
     duration_ms: float = 0.0
 
@@ -76,6 +77,7 @@ class FileResult:
             "rule": self.rule,
             "reason": self.reason,
             "moved": None if self.moved is None else str(self.moved),
+            "nearest": None if self.nearest is None else str(self.nearest),
             "dry_run": self.dry_run,
         }
 
@@ -375,8 +377,20 @@ class Pipeline:
             if p.record.status is FileStatus.INDEXED and not self._same_file(p.record, file, known)
         ]
         usable.sort(key=lambda p: p.similarity, reverse=True)
+        new_facts = PhotoFacts(
+            path=file.path,
+            size=0,
+            width=0,
+            height=0,
+            format="",
+            mtime_ns=0,
+            **_meta_facts(fingerprint.meta),
+        )
         for pair in [p for p in usable if p.similarity >= threshold][:MAX_VERIFIED_CANDIDATES]:
             self._verify(pair, fingerprint)
+            # One confirmed original is enough; a vetoed one (a burst neighbour) is not.
+            if pair.verified and not camera_times_differ(new_facts, _facts(pair.record, pair.meta)):
+                break
         return usable
 
     def _oriented_similarity(self, fingerprint: Fingerprint, variant: int, file_id: int) -> float:
@@ -473,6 +487,7 @@ class Pipeline:
             # A unique file has a nearest neighbour (its similarity is reported) but no original.
             duplicate_of=None if keeper is None or decision.tier is Tier.UNIQUE else keeper.path,
             similarity=decision.similarity,
+            nearest=None if keeper is None else keeper.path,
         )
         if decision.action is not Action.QUARANTINE or other is None:
             return result

@@ -12,6 +12,7 @@ import os
 import resource
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -107,15 +108,41 @@ def _fingerprint(embedder: Any, file: FileBytes, decode: DecodeConfig) -> Finger
     )
 
 
+# Known files decoded for verification, newest last: a burst or an album arriving together
+# keeps asking about the same few originals. 32 images at 512 px take about 25 MB.
+_KNOWN_CACHE: OrderedDict[tuple[str, int, int, int], tuple[NDArray[np.uint8], PhotoMeta]] = (
+    OrderedDict()
+)
+_KNOWN_CACHE_SIZE = 32
+
+
+def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], PhotoMeta]:
+    from dupwatch.images import decode_image, read_file
+
+    try:
+        st = path.lstat()
+        key = (os.fsdecode(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    if key is not None and key in _KNOWN_CACHE:
+        _KNOWN_CACHE.move_to_end(key)
+        return _KNOWN_CACHE[key]
+    file = read_file(path, max_file_bytes=decode.max_file_mib * 2**20)
+    known = decode_image(file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE)
+    if key is not None:
+        _KNOWN_CACHE[key] = (known.pixels, known.meta)
+        while len(_KNOWN_CACHE) > _KNOWN_CACHE_SIZE:
+            _KNOWN_CACHE.popitem(last=False)
+    return known.pixels, known.meta
+
+
 def _verify_known(
     pixels: NDArray[np.uint8], path: Path, decode: DecodeConfig
 ) -> tuple[Any, PhotoMeta]:
-    from dupwatch.images import decode_image, read_file
     from dupwatch.verify import verify
 
-    file = read_file(path, max_file_bytes=decode.max_file_mib * 2**20)
-    known = decode_image(file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE)
-    return verify(pixels, known.pixels), known.meta
+    known_pixels, meta = _decode_known(path, decode)
+    return verify(pixels, known_pixels), meta
 
 
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
