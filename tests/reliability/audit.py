@@ -39,6 +39,7 @@ LITTER_PREFIXES = (".dupwatch-partial-", ".dupwatch-restoring-")
 @dataclass(frozen=True, slots=True)
 class Facts:
     sha256: str
+    size: int
     mode: int
     mtime_ns: int
     xattrs: tuple[tuple[str, bytes], ...]
@@ -46,7 +47,9 @@ class Facts:
     @classmethod
     def of(cls, path: Path) -> Facts:
         st = path.lstat()
-        return cls(sha256_of(path), stat.S_IMODE(st.st_mode), st.st_mtime_ns, xattrs_of(path))
+        return cls(
+            sha256_of(path), st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, xattrs_of(path)
+        )
 
 
 def sha256_of(path: Path) -> str:
@@ -162,8 +165,12 @@ def _check_bytes(
     report: AuditReport,
 ) -> None:
     wanted = Counter(f.sha256 for f in baseline.files.values())
-    digests = {p: sha256_of(p) for p in on_disk}
-    have = Counter(d for p, d in digests.items() if d in wanted)
+    # Only files of an input's size can hold its bytes (and a sparse terabyte is never read).
+    sizes = {f.size for f in baseline.files.values()}
+    digests = {p: sha256_of(p) for p in on_disk if p.lstat().st_size in sizes}
+    # A hard link or a bind-mounted view is the same file, not a second copy of its bytes.
+    inodes = {(p.lstat().st_dev, p.lstat().st_ino): d for p, d in digests.items()}
+    have = Counter(d for d in inodes.values() if d in wanted)
     lost = {d: n - have[d] for d, n in wanted.items() if have[d] < n}
     extra = {d: have[d] - n for d, n in wanted.items() if have[d] > n}
     assert not lost, f"bytes lost: {lost}"
