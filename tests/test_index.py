@@ -8,15 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dupwatch.buffer import Buffer
 from dupwatch.index import IndexSettings, VectorIndex
 from dupwatch.records import FileStatus, StatKey
-from dupwatch.snapshot import list_snapshots
+from dupwatch.snapshot import Projection, list_snapshots
 from dupwatch.store import Store
 
 MODEL = "test-model"
 DIM = 96
+# A small buffer_exact, so buffers past 100 vectors are searched through the projection.
 SETTINGS = IndexSettings(
-    projected_dim=24, links=16, ef_search=64, candidates=32, rebuild_buffer_size=1500
+    projected_dim=24,
+    links=16,
+    ef_search=64,
+    candidates=32,
+    buffer_exact=100,
+    buffer_shortlist=32,
+    rebuild_buffer_size=1500,
 )
 
 
@@ -221,6 +229,30 @@ def test_an_annoy_snapshot_of_an_earlier_version_is_removed_and_rebuilt(
         library.check_near_duplicates(index, ids[:20])
     finally:
         index.close()
+
+
+def test_a_large_buffer_scores_only_rows_near_the_query_in_the_projection() -> None:
+    rng = np.random.default_rng(7)
+    vectors = _clustered(rng, 3000)
+    projection = Projection.fit(vectors[:1000], 24)
+    buffer = Buffer(DIM, projection)
+    for file_id, vector in enumerate(vectors):
+        buffer.append(file_id, vector)
+    for file_id in range(0, 3000, 3):
+        buffer.discard(file_id)
+    for file_id in [i for i in range(1, 3000, 97) if i % 3]:
+        query = _copy(rng, vectors[file_id], 0.9)
+        rows = buffer.rows_to_score(query, exact_up_to=500, shortlist=40)
+        assert len(rows) == 40
+        assert file_id in buffer.file_ids[rows]
+        assert buffer.live[rows].all()  # discarded rows are never offered
+    # Below the limit, or before any projection exists, every live row is scored.
+    everything = buffer.rows_to_score(vectors[1], exact_up_to=3000, shortlist=40)
+    assert len(everything) == 2000
+    plain = Buffer(DIM)
+    for file_id, vector in enumerate(vectors[:600]):
+        plain.append(file_id, vector)
+    assert len(plain.rows_to_score(vectors[1], exact_up_to=10, shortlist=40)) == 600
 
 
 def test_small_library_is_searched_exactly_from_the_buffer(

@@ -45,6 +45,8 @@ class IndexSettings:
     ef_construction: int = 40  # breadth of the search for those links while building
     ef_search: int = 256  # breadth of the graph search per query
     candidates: int = 24  # snapshot candidates re-scored with their full vectors
+    buffer_exact: int = 1024  # a buffer up to this size is scanned in full...
+    buffer_shortlist: int = 128  # ...a larger one scores only its rows nearest in the projection
     pca_sample: int = 20_000  # vectors the projection is fitted on
     rebuild_buffer_size: int = 5000  # rebuild when the buffer holds this many vectors...
     rebuild_buffer_fraction: float = 0.02  # ...or this share of the snapshot, if larger...
@@ -124,6 +126,7 @@ class VectorIndex:
             after = snapshot.upto_seq
             present = store.indexed_file_ids(model_id)
             index._tombstones = set(np.setdiff1d(snapshot.file_ids, present).tolist())
+            index._buffer = Buffer(dim, snapshot.projection)
         refill = store.load_vectors(model_id, after_seq=after)
         for file_id, vector in zip(refill.file_ids.tolist(), refill.vectors, strict=True):
             index._buffer.append(file_id, vector)
@@ -164,11 +167,14 @@ class VectorIndex:
             n = buffer.n
             found: dict[int, float] = {}
             if n:
-                sims = cosine(buffer.vectors[:n], query)
-                sims[~buffer.live[:n]] = -np.inf
-                top = np.argsort(-sims)[:k]
-                for row in top[np.isfinite(sims[top])]:
-                    found[int(buffer.file_ids[row])] = float(sims[row])
+                rows = buffer.rows_to_score(
+                    query,
+                    exact_up_to=self.settings.buffer_exact,
+                    shortlist=max(self.settings.buffer_shortlist, k),
+                )
+                sims = cosine(buffer.vectors[rows], query)
+                for i in np.argsort(-sims)[:k]:
+                    found[int(buffer.file_ids[rows[i]])] = float(sims[i])
             if snapshot is not None and len(snapshot):
                 wanted = max(self.settings.candidates, k)
                 candidates = [
@@ -288,7 +294,7 @@ class VectorIndex:
         snapshot = Snapshot.load(files)
         with self._lock:
             self._snapshot = snapshot
-            self._buffer = self._buffer.after(covered)
+            self._buffer = self._buffer.after(covered, snapshot.projection)
             if self._tombstones:
                 dead = np.fromiter(self._tombstones, dtype=np.int64)
                 self._tombstones = set(dead[snapshot.contains(dead)].tolist())
