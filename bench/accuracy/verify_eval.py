@@ -9,7 +9,7 @@ tolerances, printing the settings with no false positive and the most positives.
 
 Files are decoded exactly as the daemon does (``read_file`` + ``decode_image`` at 512 px).
 
-Usage: python bench/accuracy/verify_eval.py SETDIR [--sweep] [--limit N]
+Usage: python bench/accuracy/verify_eval.py SETDIR [--sweep] [--limit N] [--cache PIXELS.npz]
 """
 
 from __future__ import annotations
@@ -40,9 +40,13 @@ from dupwatch.verify import (
 
 Pair = tuple[str, str, str, str]  # kind ("pos"/"hardneg"/"lookalike"), class, new file, known file
 
-SWEEP = {
-    "block_tolerance": [0.02, 0.03, 0.04, 0.05],
+# Tolerances that change the block scores (each pair is re-scored once per combination) ...
+SCORE_SWEEP = {
+    "block_tolerance": [0.02, 0.03, 0.05],
     "texture_tolerance": [0.3, 0.4, 0.5, 0.7],
+}
+# ... and the decision thresholds applied to the scores (cheap).
+DECISION_SWEEP = {
     "max_worst_block": [1.0, 1.25, 1.5, 2.0],
     "max_disagreeing": [0.0, 0.005, 0.01, 0.02],
     "min_containment": [0.97, 0.985],
@@ -53,6 +57,14 @@ def load(root: Path, name: str, cache: dict[str, NDArray[np.uint8]]) -> NDArray[
     if name not in cache:
         cache[name] = decode_image(read_file(root / name)).pixels
     return cache[name]
+
+
+def load_cache(path: Path | None) -> dict[str, NDArray[np.uint8]]:
+    """Decoded pixels saved by an earlier run (decoding full-size photos dominates a run)."""
+    if path is None or not path.exists():
+        return {}
+    with np.load(path) as saved:
+        return {name: saved[name] for name in saved.files}
 
 
 def build_pairs(root: Path, limit: int | None) -> list[Pair]:
@@ -123,22 +135,28 @@ def sweep(root: Path, pairs: list[Pair], cache: dict[str, NDArray[np.uint8]]) ->
         a, b = load(root, new, cache), load(root, known, cache)
         measured.append((kind, cls, measure(a, b, base, exhaustive=True)))
     results = []
-    names = list(SWEEP)
-    for values in itertools.product(*(SWEEP[n] for n in names)):
-        th = replace(base, **dict(zip(names, values, strict=True)))
-        fp = 0
-        missed: Counter[str] = Counter()
-        for kind, cls, candidates in measured:
-            same = any(decide(c.rescore(th), th)[0] for c in candidates)
-            if kind == "pos" and not same:
-                missed[cls] += 1
-            elif kind != "pos" and same:
-                fp += 1
-        results.append((fp, sum(missed.values()), values, dict(missed)))
+    score_names, decision_names = list(SCORE_SWEEP), list(DECISION_SWEEP)
+    for score_values in itertools.product(*(SCORE_SWEEP[n] for n in score_names)):
+        scored_th = replace(base, **dict(zip(score_names, score_values, strict=True)))
+        rescored = [
+            (kind, cls, [c.rescore(scored_th) for c in candidates])
+            for kind, cls, candidates in measured
+        ]
+        for decision_values in itertools.product(*(DECISION_SWEEP[n] for n in decision_names)):
+            th = replace(scored_th, **dict(zip(decision_names, decision_values, strict=True)))
+            fp = 0
+            missed: Counter[str] = Counter()
+            for kind, cls, candidates in rescored:
+                same = any(decide(c, th)[0] for c in candidates)
+                if kind == "pos" and not same:
+                    missed[cls] += 1
+                elif kind != "pos" and same:
+                    fp += 1
+            results.append((fp, sum(missed.values()), score_values + decision_values, missed))
     results.sort(key=lambda r: (r[0], r[1]))
-    print("\nsweep: false positives, missed positives, " + ", ".join(names))
-    for fp, miss, values, missed in results[:15]:
-        print(fp, miss, values, missed)
+    print("\nsweep: false positives, missed positives, " + ", ".join(score_names + decision_names))
+    for fp, miss, values, missed in results[:20]:
+        print(fp, miss, values, dict(missed))
 
 
 def main() -> int:
@@ -146,10 +164,13 @@ def main() -> int:
     parser.add_argument("root", type=Path)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--limit", type=int, default=None, help="first N copies only")
+    parser.add_argument("--cache", type=Path, default=None, help="decoded pixels (.npz)")
     args = parser.parse_args()
-    cache: dict[str, NDArray[np.uint8]] = {}
+    cache = load_cache(args.cache)
     pairs = build_pairs(args.root, args.limit) + lookalike_pairs(args.root, cache)
     evaluate(args.root, pairs, cache)
+    if args.cache is not None and not args.cache.exists():
+        np.savez(args.cache, **cache)  # type: ignore[arg-type]
     if args.sweep:
         sweep(args.root, pairs, cache)
     return 0

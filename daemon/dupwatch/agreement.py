@@ -22,16 +22,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dupwatch.alignment import Alignment, mirror
+from dupwatch.photometric import luma_spread, photometric_fit
 
 Image = NDArray[np.uint8]
 Floats = NDArray[np.float32]
 
-# Luma weights (BT.601), the same the decoders use for grey.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-# A pixel this close to black or white in any channel says nothing about the content: a
+# Where one image has a saturated channel and the other is bright, the pair says nothing: a
 # brightened copy clips highlights the original kept.
-_CLIP_LOW = 4.0
-_CLIP_HIGH = 251.0
+_SATURATED = 250  # a channel this high at working size may have been clipped by an edit
+_BRIGHT = 190  # ... and the other image this bright there means it was a brightening
+_EDGE = 2  # grid pixels ignored along each side of the overlap
+# A border row or column whose values span no more than this is a bar, not content.
+_UNIFORM_RANGE = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,24 +84,26 @@ def compare(
     a: Image, b: Image, alignment: Alignment, params: AgreementParams
 ) -> tuple[BlockStats | None, float, float]:
     """Block statistics of ``b`` laid over ``a``, and the share of each the overlap covers."""
-    ha, wa = a.shape[:2]
-    hb, wb = b.shape[:2]
     src = mirror(b) if alignment.mirrored else b
     matrix = alignment.matrix
     scale = alignment.scale
+    hb, wb = b.shape[:2]
 
-    # Overlap in a's frame: the image of b's rectangle, clipped to a.
-    corners = np.array([[-0.5, -0.5], [wb - 0.5, -0.5], [wb - 0.5, hb - 0.5], [-0.5, hb - 0.5]])
-    mapped = corners @ matrix[:, :2].T + matrix[:, 2]
-    x0 = max(0.0, float(mapped[:, 0].min()) + 0.5)
-    y0 = max(0.0, float(mapped[:, 1].min()) + 0.5)
-    x1 = min(float(wa), float(mapped[:, 0].max()) + 0.5)
-    y1 = min(float(ha), float(mapped[:, 1].max()) + 0.5)
+    # Overlap in a's frame: b's content rectangle mapped over a's content rectangle (uniform
+    # borders such as letterbox bars are content of neither).
+    ax0, ay0, ax1, ay1 = content_box(a)
+    bx0, by0, bx1, by1 = content_box(src)
+    corners = np.array([[bx0, by0], [bx1, by0], [bx1, by1], [bx0, by1]], dtype=np.float64) - 0.5
+    mapped = corners @ matrix[:, :2].T + matrix[:, 2] + 0.5
+    mx0, my0 = (float(v) for v in mapped.min(axis=0))
+    mx1, my1 = (float(v) for v in mapped.max(axis=0))
+    x0, y0 = max(float(ax0), mx0), max(float(ay0), my0)
+    x1, y1 = min(float(ax1), mx1), min(float(ay1), my1)
     if x1 - x0 < 8 or y1 - y0 < 8:
         return None, 0.0, 0.0
-    overlap_area = (x1 - x0) * (y1 - y0)
-    overlap_a = overlap_area / (wa * ha)
-    overlap_b = overlap_area / (wb * hb * scale * scale)
+    shared = (x1 - x0) * (y1 - y0)
+    overlap_a = min(1.0, shared / max(float((ax1 - ax0) * (ay1 - ay0)), 1.0))
+    overlap_b = min(1.0, shared / max((mx1 - mx0) * (my1 - my0), 1.0))
 
     # Comparison grid over the overlap rectangle, no finer than either image's own pixels.
     long_side = max(x1 - x0, y1 - y0)
@@ -117,6 +121,7 @@ def compare(
     )
     full = to_grid[:, :2] @ matrix[:, :2]
     warp = np.hstack([full, (to_grid[:, :2] @ matrix[:, 2] + to_grid[:, 2]).reshape(2, 1)])
+    src_full, warp_full = src, warp
     shrink = math.sqrt(abs(float(np.linalg.det(full))))
     if shrink < 0.7:
         small_w = max(8, round(wb * shrink))
@@ -134,8 +139,13 @@ def compare(
             [warp[:, :2] @ pre[:, :2], (warp[:, :2] @ pre[:, 2] + warp[:, 2]).reshape(2, 1)]
         )
     grid_b = cv2.warpAffine(
-        src, warp, (gw, gh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+        src, warp, (gw, gh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     ).astype(np.float32)
+    # Clipping is found at working size: once averaged onto the grid, a clipped highlight
+    # stripe looks like an ordinary grey pixel that no longer follows the photometric fit.
+    sat_a = cv2.resize(_saturated(crop_a), (gw, gh), interpolation=cv2.INTER_AREA) > 0
+    sat_b = cv2.warpAffine(_saturated(src_full), warp_full, (gw, gh), flags=cv2.INTER_LINEAR) > 0
+    clipped = _clipped_pairs(sat_a, sat_b, grid_a, grid_b)
     covered = cv2.warpAffine(
         np.full(src.shape[:2], 255, np.uint8), warp, (gw, gh), flags=cv2.INTER_NEAREST
     )
@@ -145,7 +155,10 @@ def compare(
     # Erode so the blurred border of b does not count as content.
     inside = np.asarray(cv2.erode(covered, np.ones((3, 3), np.uint8)) > 0, dtype=bool)
 
-    valid = inside & _unclipped(grid_a) & _unclipped(grid_b)
+    valid = inside & ~clipped
+    # The outermost grid pixels mix the photo with whatever surrounds it (a viewer's frame, a
+    # bar): they say nothing, and the sliding median would repeat them outward.
+    valid[:_EDGE], valid[-_EDGE:], valid[:, :_EDGE], valid[:, -_EDGE:] = False, False, False, False
     if int(valid.sum()) < 64:
         return None, overlap_a, overlap_b
     return block_statistics(grid_a, grid_b, valid, params.block), overlap_a, overlap_b
@@ -153,12 +166,12 @@ def compare(
 
 @dataclass(frozen=True, slots=True)
 class BlockStats:
-    """Per-block measurements on the comparison grid (calibration reads these directly)."""
+    """Per-pixel measurements on the comparison grid, kept so calibration can re-score them."""
 
-    residual: Floats  # median |luma - prediction| per block
-    texture_a: Floats  # mean luma gradient magnitude per block, each image (after the fit)
-    texture_b: Floats
-    ok: NDArray[np.bool_]  # blocks with enough valid pixels
+    residual: Floats  # |luma - prediction|
+    texture: Floats  # the lower of the two images' mean gradient around each pixel
+    valid: NDArray[np.bool_]  # pixels inside both images and not clipped
+    block: int  # block side, pixels
     contrast: float  # global luma spread the residual is measured against
     median_residual: float  # median residual over all valid pixels, in contrast units
     fit_direction: str
@@ -167,31 +180,20 @@ class BlockStats:
 def block_statistics(
     grid_a: Floats, grid_b: Floats, valid: NDArray[np.bool_], block: int
 ) -> BlockStats:
-    target, predicted, direction = _photometric_fit(grid_a, grid_b, valid)
-    residual = np.abs(target - predicted)
-    contrast = _contrast(target, valid)
-    h, w = residual.shape
-    gh, gw = h // block, w // block
-
-    def blocks(values: NDArray[Any]) -> NDArray[Any]:
-        cut = values[: gh * block, : gw * block]
-        return cut.reshape(gh, block, gw, block).transpose(0, 2, 1, 3).reshape(gh, gw, -1)
-
-    mask = blocks(valid)
-    counts = mask.sum(axis=2)
-    ok = counts >= (block * block) // 2
-    # Median over the valid pixels only: invalid ones sort last as +inf.
-    ordered = np.sort(np.where(mask, blocks(residual), np.inf), axis=2)
-    middle = np.maximum(counts - 1, 0) // 2
-    res = np.take_along_axis(ordered, middle[:, :, None], axis=2)[:, :, 0]
-    safe = np.maximum(counts, 1)
-    texture_a = (blocks(_gradient(target)) * mask).sum(axis=2) / safe
-    texture_b = (blocks(_gradient(predicted)) * mask).sum(axis=2) / safe
+    target, predicted, direction = photometric_fit(grid_a, grid_b, valid)
+    residual = np.abs(target - predicted).astype(np.float32)
+    contrast = luma_spread(target, valid)
+    window = (block, block)
+    # The lower texture counts, so a subject moved onto a plain background, or a region
+    # blurred away, is measured against the plain side.
+    texture = np.minimum(
+        cv2.blur(_gradient(target), window), cv2.blur(_gradient(predicted), window)
+    ).astype(np.float32)
     return BlockStats(
-        residual=np.where(ok, res, 0.0).astype(np.float32),
-        texture_a=texture_a.astype(np.float32),
-        texture_b=texture_b.astype(np.float32),
-        ok=ok,
+        residual=residual,
+        texture=texture,
+        valid=valid,
+        block=block,
         contrast=contrast,
         median_residual=float(np.median(residual[valid])) / contrast,
         fit_direction=direction,
@@ -205,26 +207,44 @@ def _gradient(luma: Floats) -> Floats:
     return (gx + gy).astype(np.float32)
 
 
-def block_scores(stats: BlockStats, params: AgreementParams) -> Floats:
-    """Residual of each block over what a copy may show there; above 1 the block disagrees.
+# Scores are quantised to this many steps per unit for the sliding median (uint8 only).
+_SCORE_STEPS = 50.0
 
-    A copy may differ by a little everywhere (``block_tolerance`` of the global contrast) and
-    by a share of the local gradient (``texture_tolerance``): resampling and JPEG errors grow
-    with fine texture. The lower of the two images' textures counts, so a subject moved onto a
-    plain background, or a region blurred away, is measured against the plain side.
+
+def block_scores(stats: BlockStats, params: AgreementParams) -> tuple[Floats, NDArray[np.bool_]]:
+    """Per block: the worst sliding-window median score inside it, and whether it has data.
+
+    A pixel's score is its residual over what a copy may show there: a little everywhere
+    (``block_tolerance`` of the global contrast) plus a share of the local texture
+    (``texture_tolerance``: resampling and JPEG errors grow with fine texture). The median
+    over a block-sized window slid across the grid ignores thin misalignment along edges but
+    catches a change covering half a window wherever it falls, not only on the block grid.
+    Above 1, a window disagrees.
     """
-    texture = np.minimum(stats.texture_a, stats.texture_b)
-    allowed = params.block_tolerance * stats.contrast + params.texture_tolerance * texture
-    return (stats.residual / allowed).astype(np.float32)
+    allowed = params.block_tolerance * stats.contrast + params.texture_tolerance * stats.texture
+    score = np.where(stats.valid, stats.residual / allowed, 0.0)
+    quantised = np.clip(score * _SCORE_STEPS, 0, 255).astype(np.uint8)
+    size = stats.block | 1  # medianBlur needs an odd window
+    median = cv2.medianBlur(quantised, size).astype(np.float32) / _SCORE_STEPS
+    block = stats.block
+    h, w = median.shape
+    gh, gw = h // block, w // block
+
+    def blocks(values: NDArray[Any]) -> NDArray[Any]:
+        cut = values[: gh * block, : gw * block]
+        return cut.reshape(gh, block, gw, block).transpose(0, 2, 1, 3).reshape(gh, gw, -1)
+
+    ok = blocks(stats.valid).sum(axis=2) >= (block * block) // 2
+    worst = np.where(blocks(stats.valid), blocks(median), 0.0).max(axis=2)
+    return np.where(ok, worst, 0.0).astype(np.float32), ok
 
 
 def summarise(
     stats: BlockStats, params: AgreementParams, overlap_a: float, overlap_b: float
 ) -> Agreement:
-    ok = stats.ok
+    scores, ok = block_scores(stats, params)
     if int(ok.sum()) == 0:
         return _no_overlap(overlap_a, overlap_b)
-    scores = block_scores(stats, params)
     disagree = (scores > 1.0) & ok
     rows, cols = _trim_bands(disagree, ok, params)
     core_ok = ok[rows[0] : rows[1], cols[0] : cols[1]]
@@ -248,100 +268,79 @@ def _no_overlap(overlap_a: float = 0.0, overlap_b: float = 0.0) -> Agreement:
     return Agreement(min(1.0, overlap_a), min(1.0, overlap_b), 0, 0.0, 1.0, math.inf, math.inf, "")
 
 
-def _unclipped(grid: Floats) -> NDArray[np.bool_]:
-    """Pixels away from black and white: near a clipped area a brightened copy is not linear."""
-    low = grid.min(axis=2) if grid.ndim == 3 else grid
-    high = grid.max(axis=2) if grid.ndim == 3 else grid
-    clipped = ((low <= _CLIP_LOW) | (high >= _CLIP_HIGH)).astype(np.uint8)
-    return np.asarray(cv2.dilate(clipped, np.ones((3, 3), np.uint8)) == 0, dtype=bool)
+def _saturated(image: Image) -> NDArray[np.uint8]:
+    """255 where a pixel has a saturated channel, else 0."""
+    return np.where(image.max(axis=2) >= _SATURATED, 255, 0).astype(np.uint8)
 
 
-def _design(grid: Floats) -> Floats:
-    """Second-order colour terms (and a constant) per pixel, for the photometric fit.
+def _clipped_pairs(
+    sat_a: NDArray[np.bool_], sat_b: NDArray[np.bool_], grid_a: Floats, grid_b: Floats
+) -> NDArray[np.bool_]:
+    """Grid pixels where one image is clipped and the other bright: a brightened copy.
 
-    Quadratic terms follow gamma and tone curves and hue rotations, which a linear map of
-    the channels does not; with ten coefficients for the whole overlap the fit cannot paint
-    in a moved subject.
+    There the copy is not a smooth function of the original, so the pixel says nothing. A
+    white subject moved onto a darker background is clipped on one side only: still counted.
     """
-    c = (grid.reshape(-1, grid.shape[2]) if grid.ndim == 3 else grid.reshape(-1, 1)) / 255.0
-    terms = [c]
-    n = c.shape[1]
-    for i in range(n):
-        for j in range(i, n):
-            terms.append(c[:, i : i + 1] * c[:, j : j + 1])
-    terms.append(np.ones((c.shape[0], 1), np.float32))
-    return np.hstack(terms).astype(np.float32)
+    bright_a = grid_a.max(axis=2) >= _BRIGHT
+    bright_b = grid_b.max(axis=2) >= _BRIGHT
+    pairs = ((sat_a & bright_b) | (sat_b & bright_a)).astype(np.uint8)
+    return np.asarray(cv2.dilate(pairs, np.ones((3, 3), np.uint8)) > 0, dtype=bool)
 
 
-def _luma(grid: Floats) -> Floats:
-    return grid @ _LUMA if grid.ndim == 3 else grid
-
-
-def _photometric_fit(
-    grid_a: Floats, grid_b: Floats, valid: NDArray[np.bool_]
-) -> tuple[Floats, Floats, str]:
-    """One image's luma and its robust linear prediction from the other's channels.
-
-    Both directions are fitted and the better one kept: a grey copy predicts the original's
-    luma poorly, but the original's colours predict the grey copy's luma well.
-    """
-    best: tuple[float, Floats, Floats, str] | None = None
-    flat_valid = valid.ravel()
-    for direction, target, source in (("b->a", grid_a, grid_b), ("a->b", grid_b, grid_a)):
-        y = _luma(target)
-        design = _design(source)
-        x = design[flat_valid]
-        yv = y.ravel()[flat_valid]
-        keep = np.ones(yv.shape, dtype=bool)
-        coef = np.zeros(x.shape[1], np.float32)
-        # Refit on the pixels that fit: a caption or a moved subject must not bend the fit.
-        for _ in range(3):
-            coef = np.linalg.lstsq(x[keep], yv[keep], rcond=None)[0].astype(np.float32)
-            err = np.abs(x @ coef - yv)
-            keep = err <= 2.5 * float(np.median(err)) + 1.0
-        predicted = (design @ coef).reshape(y.shape)
-        score = float(np.median(np.abs(y - predicted)[valid]))
-        if best is None or score < best[0]:
-            best = (score, y, predicted, direction)
-    assert best is not None
-    return best[1], best[2], best[3]
-
-
-def _contrast(target: Floats, valid: NDArray[np.bool_]) -> float:
-    """A robust spread of luma (the interquartile range), floored so a dark frame is not
-    held to an impossibly tight tolerance."""
-    q1, q3 = np.percentile(target[valid], [25, 75])
-    return max(float(q3 - q1), 8.0)
+def content_box(image: Image) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of the image without uniform borders (letterbox bars, mats)."""
+    g = image.max(axis=2).astype(np.int16)
+    rows = (g.max(axis=1) - g.min(axis=1)) > _UNIFORM_RANGE
+    cols = (g.max(axis=0) - g.min(axis=0)) > _UNIFORM_RANGE
+    if not rows.any() or not cols.any():
+        return 0, 0, image.shape[1], image.shape[0]
+    ys = np.flatnonzero(rows)
+    xs = np.flatnonzero(cols)
+    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
 def _trim_bands(
     disagree: NDArray[np.bool_], ok: NDArray[np.bool_], params: AgreementParams
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Trim edge rows/columns of blocks that mostly disagree (captions, bars, overlays)."""
-    gh, gw = disagree.shape
-    r0, r1, c0, c1 = 0, gh, 0, gw
-    max_rows = int(params.max_band_fraction * gh)
-    max_cols = int(params.max_band_fraction * gw)
+    """Trim edge rows/columns of blocks that mostly disagree (captions, bars, overlays).
 
-    def fraction(line_dis: NDArray[np.bool_], line_ok: NDArray[np.bool_]) -> float:
-        n = int(line_ok.sum())
-        return float((line_dis & line_ok).sum()) / n if n else 1.0
+    A caption's edge rarely falls on the block grid, so the line just inside a trimmed band
+    (straddled by the band's edge) is trimmed too.
+    """
+    gh, gw = disagree.shape
+    # [first row, end row, first column, end column]; sides: top, bottom, left, right.
+    box: list[int] = [0, int(gh), 0, int(gw)]
+    budget = {0: int(params.max_band_fraction * gh), 2: int(params.max_band_fraction * gw)}
+    banded = [False, False, False, False]
+
+    def line(side: int) -> float:
+        r0, r1, c0, c1 = box
+        index = box[side] - (side % 2)  # the first or last row/column still inside
+        cut = (
+            (slice(index, index + 1), slice(c0, c1))
+            if side < 2
+            else (slice(r0, r1), slice(index, index + 1))
+        )
+        n = int(ok[cut].sum())
+        return float((disagree[cut] & ok[cut]).sum()) / n if n else 1.0
+
+    def room(side: int) -> bool:
+        axis = 0 if side < 2 else 2
+        size = gh if side < 2 else gw
+        used = box[axis] + size - box[axis + 1]
+        return used < budget[axis] and box[axis + 1] - box[axis] > 1
+
+    def trim(side: int) -> None:
+        box[side] += 1 if side % 2 == 0 else -1
 
     changed = True
     while changed:
         changed = False
-        if (r0 + gh - r1) < max_rows and r1 - r0 > 1:
-            if fraction(disagree[r0, c0:c1], ok[r0, c0:c1]) >= params.band_disagreement:
-                r0 += 1
-                changed = True
-            elif fraction(disagree[r1 - 1, c0:c1], ok[r1 - 1, c0:c1]) >= params.band_disagreement:
-                r1 -= 1
-                changed = True
-        if (c0 + gw - c1) < max_cols and c1 - c0 > 1:
-            if fraction(disagree[r0:r1, c0], ok[r0:r1, c0]) >= params.band_disagreement:
-                c0 += 1
-                changed = True
-            elif fraction(disagree[r0:r1, c1 - 1], ok[r0:r1, c1 - 1]) >= params.band_disagreement:
-                c1 -= 1
-                changed = True
-    return (r0, r1), (c0, c1)
+        for side in range(4):
+            if room(side) and line(side) >= params.band_disagreement:
+                trim(side)
+                banded[side] = changed = True
+    for side in range(4):
+        if banded[side] and box[side | 1] - box[side & 2] > 1:
+            trim(side)
+    return (box[0], box[1]), (box[2], box[3])

@@ -218,11 +218,21 @@ def _fit_quarter_turn(
     )
     pb = pts_b.astype(np.float64)
     pa = pts_a.astype(np.float64)
-    mb = pb.mean(axis=0)
-    ma = pa.mean(axis=0)
-    rb = (pb - mb) @ rot.T
-    denom = float((rb * rb).sum())
-    scale = float(((pa - ma) * rb).sum()) / denom if denom > 1e-9 else 1.0
-    linear = scale * rot
-    shift = ma - linear @ mb
+    keep = np.ones(len(pb), dtype=bool)
+    linear = rot
+    shift = np.zeros(2)
+    # Keypoints from coarse pyramid levels are off by a pixel or two; refitting on the
+    # closest half tightens the scale, which matters at the far edges of the overlap.
+    for _ in range(3):
+        mb = pb[keep].mean(axis=0)
+        ma = pa[keep].mean(axis=0)
+        rb = (pb[keep] - mb) @ rot.T
+        denom = float((rb * rb).sum())
+        scale = float(((pa[keep] - ma) * rb).sum()) / denom if denom > 1e-9 else 1.0
+        linear = scale * rot
+        shift = ma - linear @ mb
+        err = np.linalg.norm(pb @ linear.T + shift - pa, axis=1)
+        if len(err) < 8:
+            break
+        keep = err <= max(float(np.median(err)), 0.5)
     return np.hstack([linear, shift.reshape(2, 1)])

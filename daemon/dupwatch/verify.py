@@ -60,7 +60,7 @@ class VerifyThresholds:
     block: int = 16  # block side on that grid, pixels
     blur_sigma: float = 1.0  # blur on that grid, pixels: absorbs resampling, JPEG and blur
     block_tolerance: float = 0.03  # residual allowed everywhere, share of the luma IQR
-    texture_tolerance: float = 0.4  # residual allowed in addition, share of the block's std
+    texture_tolerance: float = 0.4  # residual allowed in addition, share of the local gradient
     band_disagreement: float = 0.5  # an edge line of blocks disagreeing this much is a band
     max_band_fraction: float = 0.25  # at most this share of each axis is trimmed as bands
     # --- decision ---
