@@ -172,7 +172,12 @@ def child(args: argparse.Namespace) -> None:
     queries = np.load(args.queries)
     store = Store.open(Path(args.db))
     settings = IndexSettings(
-        projected_dim=d, links=links, ef_construction=ef_construction, rebuild_buffer_size=10_000
+        projected_dim=d,
+        links=links,
+        ef_construction=ef_construction,
+        # The buffer phase fills the buffer past the usual threshold; no rebuild may start.
+        rebuild_buffer_size=max(10_000, args.buffer + 1),
+        rebuild_max_age=1e9,
     )
     started = time.perf_counter()
     index = VectorIndex.open(
@@ -181,6 +186,16 @@ def child(args: argparse.Namespace) -> None:
     build_s = time.perf_counter() - started
     peak_build = _rss_mib("VmHWM")
     snapshot_bytes = sum(p.stat().st_size for p in Path(args.index_dir).glob("snapshot-*"))
+    if args.buffer:
+        # As if these files had been re-embedded since the snapshot: their (same) vectors now
+        # live in the buffer, which search must use instead of the snapshot's copies.
+        ids = store.indexed_file_ids(MODEL)
+        chosen = np.random.default_rng(3).choice(ids, size=args.buffer, replace=False).tolist()
+        for start in range(0, len(chosen), 5000):
+            batch = store.vectors_for(chosen[start : start + 5000], MODEL)
+            for file_id, vector in zip(batch.file_ids.tolist(), batch.vectors, strict=True):
+                index.add(file_id, vector)
+        assert index.stats().buffer_items == args.buffer and not index.stats().rebuilding
     results = {}
     for spec in args.searches.split(","):
         ef_search, candidates = (int(x) for x in spec.split(":"))
@@ -223,6 +238,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--buffer", type=int, default=20_000, help="vectors in the buffer for the last phase"
+    )
     for name in ("build", "queries", "db", "index_dir", "out"):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -338,10 +356,12 @@ def main() -> None:
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    # Each build runs twice: the first child builds the snapshot (one core) and searches; the
-    # second opens it as a restarted daemon would (load, no build), so its RSS is the daemon's
-    # with the snapshot loaded, without what the build left behind in the allocator.
-    runs = [(b, phase) for b in args.builds.split(",") for phase in ("build", "restart")]
+    # Each build runs three times: the first child builds the snapshot (one core) and searches;
+    # the second opens it as a restarted daemon would (load, no build), so its RSS is the
+    # daemon's with the snapshot loaded, without what the build left behind in the allocator;
+    # the third also fills the buffer, as it is just before a rebuild.
+    phases = ("build", "restart", "buffer")
+    runs = [(b, phase) for b in args.builds.split(",") for phase in phases]
     for build, phase in runs:
         index_dir = work / f"index-{build.replace(':', '-')}"
         out = work / f"result-{build.replace(':', '-')}-{phase}.json"
@@ -361,17 +381,19 @@ def main() -> None:
                 "--out",
                 str(out),
                 f"--searches={args.searches}",
+                f"--buffer={args.buffer if phase == 'buffer' else 0}",
             ],
             check=True,
             env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
         )
         res = json.loads(out.read_text())
+        label = f"buffer {args.buffer:,}" if phase == "buffer" else phase
         for spec, r in res["results"].items():
             found = np.array(r["ids"])
             ms = np.array(r["ms"])
             cells = [recall(found, lab) for lab in dict.fromkeys(labels)]
             print(
-                f"| {build} {phase} | {spec} | {res['build_s']:.0f} | "
+                f"| {build} {label} | {spec} | {res['build_s']:.0f} | "
                 f"{res['peak_rss_build_mib']:.0f} | "
                 f"{res['rss_after_queries_mib']:.0f} | {res['snapshot_bytes'] / 2**20:.0f} | "
                 f"{np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | "
