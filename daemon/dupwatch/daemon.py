@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,11 @@ _STATUS_EVERY = 10.0
 # looks like an unmounted or emptied share, not like an owner tidying up.
 MASS_GONE_FILES = 500
 MASS_GONE_SHARE = 0.05
+# ...counting every file marked gone in this window, however the disappearances were seen.
+MASS_GONE_WINDOW = 600.0
+# Deletions seen one event at a time are gathered until a root has been quiet this long, so an
+# emptied share is judged as one change rather than file by file.
+GONE_QUIET = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +145,9 @@ class Daemon:
         self._unhealthy: str | None = None
         self._paused: dict[Path, str] = {}
         self._counters: Counter[str] = Counter()
+        self._gone_batch: dict[Path, list[Path]] = {}
+        self._gone_last: dict[Path, float] = {}
+        self._gone_recent: dict[Path, deque[float]] = {}
         self._started_at = time.time()
         self._watcher = Watcher(
             services.roots,
@@ -195,6 +203,7 @@ class Daemon:
                     item = None
                 if item is not None:
                     self._handle(item)
+                self._flush_gone(time.monotonic())
                 self._progress.tick(self._queue.qsize())
                 self._s.index.maybe_rebuild()
                 now = time.monotonic()
@@ -230,7 +239,17 @@ class Daemon:
         elif isinstance(item, _Missing):
             self._mark_missing(item.root, item.paths)
         elif not self._is_paused(item.path):
-            self._mark_gone([item.path])
+            root = root_of(item.path, self._s.roots)
+            if root is None:
+                return
+            self._gone_batch.setdefault(root, []).append(item.path)
+            self._gone_last[root] = time.monotonic()
+
+    def _flush_gone(self, now: float, *, force: bool = False) -> None:
+        """Judge each root's gathered deletions once it has been quiet for a moment."""
+        for root in list(self._gone_batch):
+            if force or now - self._gone_last[root] >= GONE_QUIET:
+                self._mark_missing(root, self._gone_batch.pop(root))
 
     def _publish_status(self) -> None:
         publish(
@@ -250,19 +269,27 @@ class Daemon:
         if root in self._paused or not paths:
             return
         known = sum(1 for _ in self._s.store.files_under(root, (FileStatus.INDEXED,)))
-        if len(paths) > MASS_GONE_FILES or len(paths) > MASS_GONE_SHARE * max(known, 1) + 10:
+        recent = self._gone_recent.setdefault(root, deque())
+        now = time.monotonic()
+        while recent and now - recent[0] > MASS_GONE_WINDOW:
+            recent.popleft()
+        changing = len(paths) + len(recent)
+        if changing > MASS_GONE_FILES or changing > MASS_GONE_SHARE * max(known, 1) + 10:
             self._paused[root] = "mass_change"
             log.error(
                 "mass_change_paused",
                 root=root,
                 missing=len(paths),
+                gone_recently=len(recent),
                 known=known,
                 hint="check the share is mounted; restart dupwatch to accept the change",
             )
             return
-        self._mark_gone(paths)
+        recent.extend(now for _ in self._mark_gone(paths))
 
-    def _mark_gone(self, paths: Iterable[Path]) -> None:
+    def _mark_gone(self, paths: Iterable[Path]) -> list[Path]:
+        """Mark files gone that are really not there; returns those marked."""
+        marked = []
         for path in paths:
             record = self._s.store.file_by_path(path)
             # A quarantined file left its path on purpose; only files in place can go missing.
@@ -274,3 +301,5 @@ class Daemon:
             self._s.index.remove(record.id)
             self._s.hashes.remove(record.id)
             log.info("file_gone", path=path, file_id=record.id)
+            marked.append(path)
+        return marked
