@@ -23,7 +23,6 @@ CONFIG = """
 settle_seconds = {settle}
 [decode]
 worker_timeout = "30s"
-worker_memory_mib = 512
 [log]
 format = "json"
 """
