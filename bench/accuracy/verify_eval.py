@@ -42,8 +42,9 @@ Pair = tuple[str, str, str, str]  # kind ("pos"/"hardneg"/"lookalike"), class, n
 
 # Tolerances that change the block scores (each pair is re-scored once per combination) ...
 SCORE_SWEEP = {
-    "block_tolerance": [0.02, 0.03, 0.05],
-    "texture_tolerance": [0.3, 0.4, 0.5, 0.7],
+    "noise_floor": [1.0, 2.0, 3.0],
+    "block_tolerance": [0.02, 0.03],
+    "texture_tolerance": [0.4, 0.5, 0.7],
 }
 # ... and the decision thresholds applied to the scores (cheap).
 DECISION_SWEEP = {

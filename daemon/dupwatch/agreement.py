@@ -41,6 +41,7 @@ class AgreementParams:
     compare_size: int  # long side of the comparison grid, pixels
     block: int  # block side at that size, pixels
     blur_sigma: float  # Gaussian blur at that size, pixels
+    noise_floor: float  # residual allowed everywhere, grey levels (JPEG noise in flat areas)
     block_tolerance: float  # residual allowed everywhere, as a share of the global contrast
     texture_tolerance: float  # residual allowed in addition, as a share of the local texture
     band_disagreement: float  # an edge row or column of blocks this disagreeing is a band
@@ -215,13 +216,17 @@ def block_scores(stats: BlockStats, params: AgreementParams) -> tuple[Floats, ND
     """Per block: the worst sliding-window median score inside it, and whether it has data.
 
     A pixel's score is its residual over what a copy may show there: a little everywhere
-    (``block_tolerance`` of the global contrast) plus a share of the local texture
+    (``noise_floor`` grey levels plus ``block_tolerance`` of the global contrast) plus a share of the local texture
     (``texture_tolerance``: resampling and JPEG errors grow with fine texture). The median
     over a block-sized window slid across the grid ignores thin misalignment along edges but
     catches a change covering half a window wherever it falls, not only on the block grid.
     Above 1, a window disagrees.
     """
-    allowed = params.block_tolerance * stats.contrast + params.texture_tolerance * stats.texture
+    allowed = (
+        params.noise_floor
+        + params.block_tolerance * stats.contrast
+        + params.texture_tolerance * stats.texture
+    )
     score = np.where(stats.valid, stats.residual / allowed, 0.0)
     quantised = np.clip(score * _SCORE_STEPS, 0, 255).astype(np.uint8)
     size = stats.block | 1  # medianBlur needs an odd window

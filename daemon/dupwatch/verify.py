@@ -59,6 +59,7 @@ class VerifyThresholds:
     compare_size: int = 256  # long side of the comparison grid, pixels
     block: int = 16  # block side on that grid, pixels
     blur_sigma: float = 1.0  # blur on that grid, pixels: absorbs resampling, JPEG and blur
+    noise_floor: float = 2.0  # residual allowed everywhere, grey levels (JPEG noise)
     block_tolerance: float = 0.03  # residual allowed everywhere, share of the luma IQR
     texture_tolerance: float = 0.4  # residual allowed in addition, share of the local gradient
     band_disagreement: float = 0.5  # an edge line of blocks disagreeing this much is a band
@@ -74,6 +75,7 @@ class VerifyThresholds:
             compare_size=self.compare_size,
             block=self.block,
             blur_sigma=self.blur_sigma,
+            noise_floor=self.noise_floor,
             block_tolerance=self.block_tolerance,
             texture_tolerance=self.texture_tolerance,
             band_disagreement=self.band_disagreement,
@@ -92,7 +94,7 @@ class Candidate:
     def rescore(self, thresholds: VerifyThresholds) -> Candidate:
         """This candidate summarised under other tolerances, without measuring again.
 
-        Valid for changes of ``block_tolerance``, ``texture_tolerance``, ``band_disagreement``
+        Valid for changes of ``noise_floor``, ``block_tolerance``, ``texture_tolerance``, ``band_disagreement``
         and ``max_band_fraction`` and of the decision thresholds; the others change what is
         measured.
         """
