@@ -204,6 +204,7 @@ class Daemon:
                 if item is not None:
                     self._handle(item)
                 self._flush_gone(time.monotonic())
+                self._s.pipeline.retry_deferred()
                 self._progress.tick(self._queue.qsize())
                 self._s.index.maybe_rebuild()
                 now = time.monotonic()

@@ -18,6 +18,7 @@ import structlog
 from numpy.typing import NDArray
 
 from dupwatch.config import Config
+from dupwatch.deferred import DeferredMoves
 from dupwatch.errors import (
     FileChanged,
     FileChanging,
@@ -172,6 +173,7 @@ class Pipeline:
         self._quarantine = quarantine
         self._model_id = model_id
         self._dry_run = dry_run or quarantine is None
+        self._deferred = DeferredMoves(store)
 
     # --- the flow ----------------------------------------------------------------------------
 
@@ -262,6 +264,24 @@ class Pipeline:
             result = self.process(record.path, force=True)
         self._store.set_state(IN_FLIGHT_STATE_KEY, "")
         return result
+
+    def retry_deferred(self) -> int:
+        """Try again the quarantines that failed for want of disk, when their backoff allows.
+
+        Returns how many files were examined again.
+        """
+        if self._dry_run or not self._deferred.due():
+            return 0
+        failed_again = False
+        ids = self._deferred.take()
+        for file_id in ids:
+            record = self._store.file(file_id)
+            if record is None or record.status not in (FileStatus.INDEXED, FileStatus.FAILED):
+                continue
+            result = self.process(record.path, force=True)
+            failed_again |= result is not None and result.reason == "quarantine_failed"
+        self._deferred.settled(failed_again)
+        return len(ids)
 
     def explain(self, path: Path) -> str:
         """What dupwatch would decide about ``path`` and why; changes nothing."""
@@ -511,7 +531,8 @@ class Pipeline:
             log.info("quarantine_skipped", path=victim.path, reason="changed", detail=str(exc))
             return dataclasses.replace(result, action=Action.NONE, moved=None, reason="changed")
         except (QuarantineError, OSError) as exc:
-            log.error("quarantine_failed", path=victim.path, error=str(exc))
+            # Most often a full or read-only disk: kept, and retried on a backoff.
+            self._deferred.add(record.id, victim.path, str(exc))
             return dataclasses.replace(
                 result, action=Action.NONE, moved=None, reason="quarantine_failed", detail=str(exc)
             )

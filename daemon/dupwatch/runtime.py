@@ -163,6 +163,7 @@ def open_services(
             dry_run=dry_run,
         )
         pipeline.resume_interrupted()
+        pipeline.retry_deferred()
     except BaseException:
         if worker is not None:
             worker.close()
