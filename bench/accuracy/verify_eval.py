@@ -49,8 +49,9 @@ SCORE_SWEEP = {
 # ... and the decision thresholds applied to the scores (cheap).
 DECISION_SWEEP = {
     "max_worst_block": [1.0, 1.25, 1.5, 2.0],
-    "max_disagreeing": [0.0, 0.005, 0.01, 0.02],
-    "min_containment": [0.97, 0.985],
+    "max_disagreeing": [0.0, 0.005, 0.01],
+    "min_containment": [0.985],
+    "max_outliers": [0.005, 0.01, 0.02, 1.0],
 }
 
 

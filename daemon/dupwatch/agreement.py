@@ -58,6 +58,7 @@ class Agreement:
     core_fraction: float  # share of those blocks left after trimming edge bands
     disagreeing: float  # share of core blocks that disagree
     worst_block: float  # largest block score in the core (above 1 the block disagrees)
+    outliers: float  # share of core pixels scoring above OUTLIER_SCORE (thin edges moving)
     residual: float  # median normalised residual over the whole overlap
     fit_direction: str  # "b->a" or "a->b": which luma was predicted from which colour
 
@@ -208,26 +209,35 @@ def _gradient(luma: Floats) -> Floats:
     return (gx + gy).astype(np.float32)
 
 
+# A pixel scoring above this is an outlier: a copy has almost none, even along edges, while
+# a frame where things moved by a pixel or two has them along every moving edge.
+OUTLIER_SCORE = 2.0
 # Scores are quantised to this many steps per unit for the sliding median (uint8 only).
 _SCORE_STEPS = 50.0
+
+
+def pixel_scores(stats: BlockStats, params: AgreementParams) -> Floats:
+    """Each pixel's residual over what a copy may show there (0 where not valid)."""
+    allowed = (
+        params.noise_floor
+        + params.block_tolerance * stats.contrast
+        + params.texture_tolerance * stats.texture
+    )
+    return np.where(stats.valid, stats.residual / allowed, 0.0).astype(np.float32)
 
 
 def block_scores(stats: BlockStats, params: AgreementParams) -> tuple[Floats, NDArray[np.bool_]]:
     """Per block: the worst sliding-window median score inside it, and whether it has data.
 
     A pixel's score is its residual over what a copy may show there: a little everywhere
-    (``noise_floor`` grey levels plus ``block_tolerance`` of the global contrast) plus a share of the local texture
+    (``noise_floor`` grey levels plus ``block_tolerance`` of the global contrast) plus a share
+    of the local texture
     (``texture_tolerance``: resampling and JPEG errors grow with fine texture). The median
     over a block-sized window slid across the grid ignores thin misalignment along edges but
     catches a change covering half a window wherever it falls, not only on the block grid.
     Above 1, a window disagrees.
     """
-    allowed = (
-        params.noise_floor
-        + params.block_tolerance * stats.contrast
-        + params.texture_tolerance * stats.texture
-    )
-    score = np.where(stats.valid, stats.residual / allowed, 0.0)
+    score = pixel_scores(stats, params)
     quantised = np.clip(score * _SCORE_STEPS, 0, 255).astype(np.uint8)
     size = stats.block | 1  # medianBlur needs an odd window
     median = cv2.medianBlur(quantised, size).astype(np.float32) / _SCORE_STEPS
@@ -257,6 +267,11 @@ def summarise(
     core_scores = scores[rows[0] : rows[1], cols[0] : cols[1]]
     core_blocks = int(core_ok.sum())
     total = int(ok.sum())
+    b = stats.block
+    core = (slice(rows[0] * b, rows[1] * b), slice(cols[0] * b, cols[1] * b))
+    core_valid = stats.valid[core]
+    high = pixel_scores(stats, params)[core] > OUTLIER_SCORE
+    outliers = float(high.sum()) / max(int(core_valid.sum()), 1)
     return Agreement(
         overlap_a=min(1.0, overlap_a),
         overlap_b=min(1.0, overlap_b),
@@ -264,13 +279,16 @@ def summarise(
         core_fraction=core_blocks / total,
         disagreeing=float(core_dis.sum()) / core_blocks if core_blocks else 1.0,
         worst_block=float(core_scores[core_ok].max()) if core_blocks else math.inf,
+        outliers=outliers,
         residual=stats.median_residual,
         fit_direction=stats.fit_direction,
     )
 
 
 def _no_overlap(overlap_a: float = 0.0, overlap_b: float = 0.0) -> Agreement:
-    return Agreement(min(1.0, overlap_a), min(1.0, overlap_b), 0, 0.0, 1.0, math.inf, math.inf, "")
+    return Agreement(
+        min(1.0, overlap_a), min(1.0, overlap_b), 0, 0.0, 1.0, math.inf, 1.0, math.inf, ""
+    )
 
 
 def _saturated(image: Image) -> NDArray[np.uint8]:

@@ -10,7 +10,9 @@ the quarantine, so it is built for precision. Two images are the same photo when
 2. one of them holds (nearly) all of the other: two framings of a scene overlap only partly;
 3. after undoing brightness, contrast and colour, the overlap agrees block by block everywhere
    except full-width bands along its edges (captions, bars): a burst neighbour or the next
-   video frame differs where something moved.
+   video frame differs where something moved;
+4. almost no pixel is far off even along edges: in consecutive frames where things moved by
+   a pixel or two, every moving edge is.
 
 ``measure`` returns every signal (for logs and for calibration on labelled data); ``decide``
 turns one measured candidate into a decision under a ``VerifyThresholds``; ``verify`` does both.
@@ -69,6 +71,7 @@ class VerifyThresholds:
     min_core_fraction: float = 0.7  # share of the overlap left after trimming bands
     max_disagreeing: float = 0.005  # share of core blocks allowed to disagree
     max_worst_block: float = 1.5  # largest core block score (1 = the edge of disagreeing)
+    max_outliers: float = 0.01  # share of core pixels allowed above the outlier score
 
     def agreement_params(self) -> AgreementParams:
         return AgreementParams(
@@ -94,9 +97,9 @@ class Candidate:
     def rescore(self, thresholds: VerifyThresholds) -> Candidate:
         """This candidate summarised under other tolerances, without measuring again.
 
-        Valid for changes of ``noise_floor``, ``block_tolerance``, ``texture_tolerance``, ``band_disagreement``
-        and ``max_band_fraction`` and of the decision thresholds; the others change what is
-        measured.
+        Valid for changes of ``noise_floor``, ``block_tolerance``, ``texture_tolerance``,
+        ``band_disagreement`` and ``max_band_fraction`` and of the decision thresholds; the
+        others change what is measured.
         """
         if self.stats is None:
             return self
@@ -122,6 +125,7 @@ class Verification:
     core_fraction: float  # share of the overlap left after trimming caption bands
     disagreeing: float  # share of core blocks that disagree
     worst_block: float | None  # largest core block score (above 1 a block disagrees)
+    outliers: float  # share of core pixels far above tolerance (edges that moved)
     residual: float | None  # median residual over the overlap, in units of the luma spread
     attempts: int  # alignments tried
 
@@ -133,7 +137,8 @@ class Verification:
         return (
             f"{verdict} ({self.reason}): {self.transform}; inliers {self.inliers}/{self.matches}, "
             f"containment {self.containment:.3f}, core {self.core_fraction:.2f}, "
-            f"disagreeing {self.disagreeing:.3f}, worst block {worst}"
+            f"disagreeing {self.disagreeing:.3f}, worst block {worst}, "
+            f"outliers {self.outliers:.4f}"
         )
 
 
@@ -155,6 +160,8 @@ def decide(candidate: Candidate, thresholds: VerifyThresholds) -> tuple[bool, st
         return False, "content_differs"
     if ag.worst_block > thresholds.max_worst_block:
         return False, "content_differs"
+    if ag.outliers > thresholds.max_outliers:
+        return False, "edges_moved"
     return True, "aligned_match" if al.method == "features" else "whole_frame_match"
 
 
@@ -223,7 +230,9 @@ def summarise_candidates(candidates: list[Candidate], thresholds: VerifyThreshol
     """The verification for a list of measured candidates: the first accepted one, or else
     the closest miss (the one with the least of its overlap disagreeing)."""
     if not candidates:
-        return Verification(False, "no_geometric_match", "", 0, 0, 0.0, 0.0, 1.0, None, None, 0)
+        return Verification(
+            False, "no_geometric_match", "", 0, 0, 0.0, 0.0, 1.0, None, 1.0, None, 0
+        )
     decisions = [decide(c, thresholds) for c in candidates]
     chosen = next((i for i, d in enumerate(decisions) if d[0]), None)
     if chosen is None:
@@ -247,6 +256,7 @@ def summarise_candidates(candidates: list[Candidate], thresholds: VerifyThreshol
         core_fraction=round(ag.core_fraction, 4),
         disagreeing=round(ag.disagreeing, 4),
         worst_block=round(ag.worst_block, 3) if math.isfinite(ag.worst_block) else None,
+        outliers=round(ag.outliers, 4),
         residual=round(ag.residual, 4) if math.isfinite(ag.residual) else None,
         attempts=len(candidates),
     )
