@@ -22,6 +22,7 @@ from typing import TextIO
 import structlog
 
 from dupwatch.config import Config
+from dupwatch.errors import StoreError
 from dupwatch.filters import root_of
 from dupwatch.notify import Notifier
 from dupwatch.records import FileStatus, StatKey, Tier
@@ -217,8 +218,12 @@ class Daemon:
         finally:
             self._notifier.stopping()
             self._watcher.stop()
-            self._publish_status()
-            mark_stopped(self._s.store)
+            try:
+                self._publish_status()
+                mark_stopped(self._s.store)
+            except StoreError as exc:
+                # Stopping because the store failed: say so once, not with a second error.
+                log.warning("daemon_status_not_saved", error=str(exc))
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if self._unhealthy is not None:

@@ -8,6 +8,7 @@ room again, the next start moves the remaining duplicates. One error line per in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from audit import Baseline, audit
-from conftest import Home
+from conftest import CONFIG, Home, stop, wait_for
 from photos import encode, photo, write
 
 from dupwatch.deferred import DeferredMoves
@@ -108,3 +109,51 @@ def test_deferred_moves_back_off_from_a_minute_to_an_hour(tmp_path: Path) -> Non
         deferred.take()
         deferred.settled(failed_again=False)
         assert deferred.delay == 60 and deferred.ids() == []
+
+
+def test_a_full_state_directory_stops_the_daemon_with_one_clear_line_and_loses_nothing(
+    tmp_path: Path, model_cache: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    base = tmp_path / "home"
+    home = Home(base / "photos", base / "state", base / "config.toml")
+    home.root.mkdir(parents=True)
+    home.state.mkdir()
+    home.config.write_text(CONFIG.format(settle=0.3))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(home.state)], check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    filler = home.state / "filler"
+    try:
+        shutil.copytree(model_cache, home.state / "models")
+        files = [write(home.root / f"a{i}.jpg", encode(photo(500 + i))) for i in range(5)]
+        daemon = home.start_daemon()
+        daemons.append(daemon)
+        assert wait_for(lambda: home.log_text().count('"file_processed"') >= 5, 120)
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)  # leave the database no room to grow
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, bytes(4096))
+        os.close(fd)
+        for i in range(20):
+            files.append(write(base / "in" / f"b{i}.jpg", encode(photo(600 + i))))
+            files[-1].rename(home.root / files[-1].name)  # arrives whole
+            files[-1] = home.root / files[-1].name
+        code = daemon.wait(timeout=120)
+        assert code == 1, home.log_text()[-3000:]
+        errors = [line for line in home.log_text().splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "full" in errors[0], home.log_text()[-3000:]
+        assert "Traceback" not in home.log_text()
+        audit(Baseline.take(files), [home.root], home.state, check_store=False)
+
+        filler.unlink()  # the owner frees space; systemd starts the daemon again
+        again = home.start_daemon()
+        daemons.append(again)
+        assert wait_for(lambda: home.log_text().count('"file_processed"') >= 25, 180)
+        assert stop(again) == 0
+        audit(Baseline.take(files), [home.root], home.state)
+    finally:
+        subprocess.run(["umount", "-l", str(home.state)], check=False)

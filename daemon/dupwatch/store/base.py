@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
@@ -41,8 +42,23 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open the database: {exc}") from exc
+        raise StoreError(f"{path}: cannot open the database: {_explain(path, exc)}") from exc
     return conn
+
+
+# Below this much free space SQLite's "disk I/O error" or "database or disk is full" is
+# almost certainly a full filesystem, and saying so is what the owner needs to read.
+_NEARLY_FULL = 1 << 20
+
+
+def _explain(path: Path, exc: sqlite3.Error) -> str:
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return str(exc)
+    if free < _NEARLY_FULL:
+        return f"the state directory's filesystem is full ({free} bytes free; {exc})"
+    return str(exc)
 
 
 class StoreBase:
@@ -99,7 +115,16 @@ class StoreBase:
         """A write transaction: all of it is committed, or none of it.
 
         Inside ``batch()`` it becomes a savepoint, so a failed call undoes only its own part.
+        A write SQLite refuses (a full disk, an I/O error) raises StoreError naming the cause.
         """
+        try:
+            with self._transaction() as conn:
+                yield conn
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: cannot write: {_explain(self.path, exc)}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._conn.in_transaction:
                 self._conn.execute("SAVEPOINT store_write")
@@ -115,7 +140,9 @@ class StoreBase:
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLite may already have rolled back (a full disk does that).
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
             try:
                 self._conn.execute("COMMIT")
