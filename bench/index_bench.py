@@ -14,7 +14,7 @@ links per vector, breadth of the link search); a search is ``ef_search:candidate
 of the graph search, candidates re-scored with their full vectors).
 
     python bench/index_bench.py --n 100000
-    python bench/index_bench.py --n 1000000 --builds 64:32:40 --searches 128:24,256:24
+    python bench/index_bench.py --n 1000000 --builds 64:32:80 --searches 256:24,512:24
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--per-band", type=int, default=300, help="planted copies per band")
     parser.add_argument("--real", type=int, default=250, help="cached photos to embed (0: none)")
     parser.add_argument(
-        "--builds", default="64:32:40", help="projected_dim:links:ef_construction,..."
+        "--builds", default="64:32:80", help="projected_dim:links:ef_construction,..."
     )
     parser.add_argument(
         "--searches", default="64:24,128:24,256:24", help="ef_search:candidates,..."

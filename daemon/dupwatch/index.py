@@ -42,7 +42,7 @@ class IndexSettings:
 
     projected_dim: int = 64  # PCA dimensions the graph indexes
     links: int = 32  # graph links per vector (16 lost near-duplicates in clusters, measured)
-    ef_construction: int = 40  # breadth of the search for those links while building
+    ef_construction: int = 80  # breadth of the link search while building (40 lost copies)
     ef_search: int = 256  # breadth of the graph search per query
     candidates: int = 24  # snapshot candidates re-scored with their full vectors
     buffer_exact: int = 1024  # a buffer up to this size is scanned in full...

@@ -89,7 +89,7 @@ class GraphSettings:
     """How the HNSW graph is built: links per node and the breadth of the search for them."""
 
     links: int = 32
-    ef_construction: int = 40
+    ef_construction: int = 80
 
 
 def snapshot_files(directory: Path, upto_seq: int) -> SnapshotFiles:
