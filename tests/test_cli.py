@@ -152,3 +152,23 @@ def test_non_utf8_names_are_escaped_in_listings(tmp_path: Path) -> None:
     assert dupwatch("scan", str(root), state=state).returncode == 0
     listed = dupwatch("quarantine", "list", state=state)
     assert "caf\\xe9\\x0aevil.jpg" in listed.stdout
+
+
+def test_forget_missing_accepts_deleted_files(tmp_path: Path, photos: Path) -> None:
+    state = tmp_path / "state"
+    assert dupwatch("scan", str(photos), state=state).returncode == 0
+    (photos / "rocket.jpg").unlink()
+    done = dupwatch("forget-missing", str(photos), state=state)
+    assert done.returncode == 0, done.stderr
+    assert "1 missing file(s)" in done.stdout
+    from dupwatch.records import FileStatus
+    from dupwatch.runtime import open_store
+
+    store = open_store(state)
+    try:
+        record = store.file_by_path(photos / "rocket.jpg")
+        assert record is not None and record.status is FileStatus.GONE
+        kept = store.file_by_path(photos / "astronaut.jpg")
+        assert kept is not None and kept.status is FileStatus.INDEXED
+    finally:
+        store.close()

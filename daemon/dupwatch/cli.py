@@ -306,6 +306,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_forget_missing(args: argparse.Namespace) -> int:
+    """Accept that files under ROOT were deleted: mark those no longer on disk as gone."""
+    _setup_logging(_config(args), to_stderr=True)
+    state_dir = _state_dir(args, create=False)
+    from dupwatch.filters import absolute_root
+    from dupwatch.records import FileStatus
+    from dupwatch.runtime import open_store
+
+    if not database_path(state_dir).exists():
+        raise StateDirError(f"{state_dir}: no database here: dupwatch has not run with it")
+    root = absolute_root(args.root)
+    if not root.is_dir():
+        raise UsageError(f"{root}: not a directory (is the share mounted?)")
+    store = open_store(state_dir)
+    forgotten = 0
+    try:
+        for record in store.files_under(root, (FileStatus.INDEXED, FileStatus.FAILED)):
+            if not (record.path.exists() or record.path.is_symlink()):
+                store.set_file_status(record.id, FileStatus.GONE)
+                forgotten += 1
+    finally:
+        store.close()
+    print(f"{forgotten} missing file(s) under {printable(root)} marked gone")
+    return EXIT_OK
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _config(args)
     problems = check_roots(config.watch.roots)
@@ -368,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     purge = qsub.add_parser("purge", help="delete quarantined files for good")
     purge.add_argument("--older-than", required=True, metavar="AGE", help='e.g. "30d"')
     purge.set_defaults(func=cmd_quarantine_purge)
+
+    forget = sub.add_parser(
+        "forget-missing",
+        help="accept that files under ROOT were deleted (after a mass-change pause)",
+    )
+    forget.add_argument("root", type=Path, metavar="ROOT")
+    forget.set_defaults(func=cmd_forget_missing)
 
     config = sub.add_parser("config", help="configuration tools")
     csub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -288,7 +288,8 @@ class Daemon:
                 missing=len(paths),
                 gone_recently=len(recent),
                 known=known,
-                hint="check the share is mounted; restart dupwatch to accept the change",
+                hint="check the share is mounted; if the files were deleted on purpose, "
+                "run `dupwatch forget-missing ROOT`, then restart dupwatch",
             )
             return
         recent.extend(now for _ in self._mark_gone(paths))
