@@ -40,6 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from photo_sets import CACHE, PACKAGES, SOURCES, _to_4_3  # noqa: E402
+from results import write_section  # noqa: E402
 
 SIZES = {"2mp": (1600, 1200), "12mp": (4000, 3000)}
 ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -359,22 +360,6 @@ def _section(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(section: str) -> None:
-    """Replace (or append) the Daemon section; other sections are left as they are."""
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Daemon"), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = "\n".join([*lines[:start], *section.splitlines(), *lines[end:]])
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def _warm_model_cache() -> Path:
     from dupwatch.embedder import load_embedder
 
@@ -416,7 +401,7 @@ def main() -> None:
     )
     print(section)
     if not args.no_write:
-        write_results(section)
+        write_section("Daemon", section)
 
 
 if __name__ == "__main__":

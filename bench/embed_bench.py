@@ -24,6 +24,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from photo_sets import EMBED_CACHE, photo_sets  # noqa: E402
+from results import write_section  # noqa: E402
 
 MODEL_CACHE = EMBED_CACHE / "model"
 TFLITE = EMBED_CACHE / "litert" / "efficientnet-lite0.tflite"
@@ -330,22 +331,6 @@ def _section(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(section: str) -> None:
-    """Replace (or append) the Embedding section; other sections are left as they are."""
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Embedding"), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = "\n".join([*lines[:start], *section.splitlines(), *lines[end:]])
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2, help="passes over each set")
@@ -391,7 +376,7 @@ def main() -> None:
     ]
     results["load"] = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     section = _section(results)
-    write_results(section)
+    write_section("Embedding", section)
     print(section)
 
 
