@@ -8,6 +8,7 @@ logged outcome for that file; failures of the store or the disk propagate and st
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,13 @@ log = structlog.get_logger(__name__)
 # A quarter-turned or mirrored copy's hash under the matching symmetry stays this close to the
 # original's (the common pHash default); verification decides, so generous is safe.
 HASH_CANDIDATE_DISTANCE = 10
+# A hash match this close goes to verification whatever its embedding similarity.
+HASH_VERIFY_DISTANCE = 8
 # Verification costs a decode of the known file; the closest few candidates are enough.
 MAX_VERIFIED_CANDIDATES = 3
+# Verification stops at the first confirmed original; calibration (bench/calibrate.py) turns
+# this off to see every candidate's verdict.
+STOP_AT_CONFIRMED = True
 # The file whose decision to quarantine is recorded but not yet carried out. Written in the
 # same transaction as the decision, cleared once the move is done or given up, so a crash in
 # between leaves a note that start-up acts on: the file looks unchanged, and would otherwise
@@ -90,6 +96,7 @@ class _Pair:
     record: FileRecord
     similarity: float
     variant: int = 0  # phash.DIHEDRAL index that maps the new image onto the known one
+    hash_distance: int | None = None  # pHash bits apart under the closest symmetry, if near
     verified: bool = False
     verification: dict[str, Any] | None = None
     meta: PhotoMeta | None = None
@@ -117,6 +124,19 @@ def _orient(pixels: NDArray[np.uint8], variant: int) -> NDArray[np.uint8]:
         7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
     }
     return np.ascontiguousarray(ops[variant](pixels))
+
+
+def _proposed(pair: _Pair, threshold: float) -> bool:
+    """Whether a candidate goes to verification: similar enough, or a near perceptual hash.
+
+    The hash route finds copies whose embedding moved more than their luminance layout did (a
+    grayscale or recoloured copy); verification still decides.
+    """
+    return pair.similarity >= threshold or _hash_near(pair)
+
+
+def _hash_near(pair: _Pair) -> bool:
+    return pair.hash_distance is not None and pair.hash_distance <= HASH_VERIFY_DISTANCE
 
 
 def _facts(record: FileRecord, meta: PhotoMeta | None) -> PhotoFacts:
@@ -231,6 +251,7 @@ class Pipeline:
                 similarity=p.similarity,
                 exact=bool(exact) and p.record.sha256 == file.sha256,
                 verified=p.verified,
+                hash_near=_hash_near(p),
                 not_duplicate_verdict=self._kept_apart(known, p.record),
             )
             for p in pairs
@@ -381,16 +402,23 @@ class Pipeline:
             record = self._store.file(neighbour.file_id)
             if record is not None:
                 pairs[record.id] = _Pair(record, neighbour.similarity)
-        threshold = self._config.policy.candidate_threshold
+        oriented: dict[int, NDArray[np.float32]] = {}
         for match in self._hashes.near(fingerprint.dihedral_hashes, HASH_CANDIDATE_DISTANCE):
             pair = pairs.get(match.file_id)
-            if pair is not None and (match.variant == 0 or pair.similarity >= threshold):
+            if pair is not None and match.variant == 0:
+                pair.hash_distance = match.distance
                 continue
             record = pair.record if pair is not None else self._store.file(match.file_id)
             if record is not None:
-                similarity = self._oriented_similarity(fingerprint, match.variant, record.id)
+                similarity = self._oriented_similarity(
+                    fingerprint, match.variant, record.id, oriented
+                )
                 if pair is None or similarity > pair.similarity:
-                    pairs[record.id] = _Pair(record, similarity, variant=match.variant)
+                    pairs[record.id] = _Pair(
+                        record, similarity, variant=match.variant, hash_distance=match.distance
+                    )
+                else:
+                    pair.hash_distance = match.distance
         usable = [
             p
             for p in pairs.values()
@@ -406,21 +434,57 @@ class Pipeline:
             mtime_ns=0,
             **_meta_facts(fingerprint.meta),
         )
-        for pair in [p for p in usable if p.similarity >= threshold][:MAX_VERIFIED_CANDIDATES]:
+        threshold = self._config.policy.candidate_threshold
+        for pair in [p for p in usable if _proposed(p, threshold)][:MAX_VERIFIED_CANDIDATES]:
             self._verify(pair, fingerprint)
             # One confirmed original is enough; a vetoed one (a burst neighbour) is not.
-            if pair.verified and not camera_times_differ(new_facts, _facts(pair.record, pair.meta)):
+            if (
+                STOP_AT_CONFIRMED
+                and pair.verified
+                and not camera_times_differ(new_facts, _facts(pair.record, pair.meta))
+            ):
                 break
+        self._log_candidates(file.path, usable)
         return usable
 
-    def _oriented_similarity(self, fingerprint: Fingerprint, variant: int, file_id: int) -> float:
-        """Embedding similarity once the new image is turned the way the known one is."""
+    @staticmethod
+    def _log_candidates(path: Path, usable: list[_Pair]) -> None:
+        """One debug line per candidate with its signals: what bench/calibrate.py reads."""
+        if not log.is_enabled_for(logging.DEBUG):  # the normal path builds nothing
+            return
+        for rank, pair in enumerate(usable):
+            reason = None if pair.verification is None else pair.verification.get("reason")
+            log.debug(
+                "candidate_examined",
+                path=path,
+                candidate=pair.record.path,
+                rank=rank,
+                similarity=round(pair.similarity, 6),
+                variant=pair.variant,
+                hash_distance=pair.hash_distance,
+                verified=None if pair.verification is None else pair.verified,
+                reason=reason,
+            )
+
+    def _oriented_similarity(
+        self,
+        fingerprint: Fingerprint,
+        variant: int,
+        file_id: int,
+        oriented: dict[int, NDArray[np.float32]],
+    ) -> float:
+        """Embedding similarity once the new image is turned the way the known one is.
+
+        ``oriented`` keeps the new image's vector per symmetry, so each is embedded once.
+        """
         stored = self._store.vector(file_id, self._model_id)
         if stored is None:
             return -1.0
         vector = fingerprint.vector
         if variant != 0:
-            vector = self._worker.embed([_orient(fingerprint.pixels, variant)])[0]
+            if variant not in oriented:
+                oriented[variant] = self._worker.embed([_orient(fingerprint.pixels, variant)])[0]
+            vector = oriented[variant]
         return float(np.dot(vector, stored) / max(float(np.linalg.norm(stored)), 1e-12))
 
     def _verify(self, pair: _Pair, fingerprint: Fingerprint) -> None:

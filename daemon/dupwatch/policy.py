@@ -47,6 +47,8 @@ class Candidate:
     similarity: float  # embedding cosine in [-1, 1]; 1.0 for identical bytes
     exact: bool  # identical bytes (sha256 and size)
     verified: bool  # the verification step found the same photo
+    # Proposed by a near perceptual hash, so verified whatever its similarity (a grayscale copy).
+    hash_near: bool = False
     not_duplicate_verdict: bool = False  # the owner restored this pair before
 
 
@@ -122,7 +124,9 @@ def decide(new: PhotoFacts, candidates: Sequence[Candidate], policy: PolicyConfi
     vetoed = False
     duplicates = []
     for candidate in eligible:
-        if not candidate.verified or candidate.similarity < policy.candidate_threshold:
+        if not candidate.verified:
+            continue
+        if candidate.similarity < policy.candidate_threshold and not candidate.hash_near:
             continue
         if policy.camera_time_veto and camera_times_differ(new, candidate.facts):
             vetoed = True
