@@ -4,7 +4,7 @@ Two steps:
 
 ``collect``  scans a labelled set (made by ``bench/accuracy/generate.py`` from a folder of your
              photos, or the benchmark's own set) once with the real pipeline, in dry-run mode and
-             with a wide net: every candidate within it is verified, none skipped. Each
+             with a wide net: candidates are verified down to a low similarity. Each
              candidate's signals (embedding similarity, rank, pHash distance and symmetry, the
              verification's verdict and reason) come from the pipeline's ``candidate_examined``
              debug events and are saved as JSON lines, with the file's own result.
@@ -15,9 +15,11 @@ Two steps:
              per transform class, under the shipped defaults; then the chosen setting checked
              on a split (calibrated on half of the originals, reported on the other half).
 
-The replay is exact for any candidate threshold at or above the one collected, any pHash reach
-up to the one collected and any number of verified candidates, because every candidate within
-the collected net is verified and the pipeline verifies in order of similarity.
+The replay is exact for settings inside the collected net (a candidate threshold at or above
+the one collected, a pHash reach up to it, no more verified candidates) with one exception:
+when the net's first confirmed original falls outside a stricter setting, the candidates after
+it were never verified. The replay counts those as not confirmed and reports how many files
+that touched ("unknown" below); a wider net (the COLLECT_* constants) removes them.
 
 Usage:
     python bench/calibrate.py collect bench/.cache/accuracy-set --out signals.jsonl
@@ -44,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "accuracy"))
 
 from generate import Label, read_labels
 
-# The net cast by ``collect``: every candidate at or above this similarity or with a pHash
-# within this distance is verified, none skipped once an original is confirmed, so any
-# stricter setting can be replayed.
-COLLECT_THRESHOLD = 0.5
-COLLECT_VERIFIED = 30
-COLLECT_HASH_DISTANCE = 16
+# The net cast by ``collect``: candidates at or above this similarity or with a pHash within
+# this distance are verified in order of similarity until one is confirmed (as the pipeline
+# does), at most this many. Wider nets cost a verification per look-alike in the library.
+COLLECT_THRESHOLD = 0.6
+COLLECT_VERIFIED = 10
+COLLECT_HASH_DISTANCE = 12
 
 
 # --- collect ---------------------------------------------------------------------------------
@@ -72,7 +74,6 @@ def collect(set_dir: Path, out: Path, config_path: Path | None) -> None:
     pipeline.MAX_VERIFIED_CANDIDATES = COLLECT_VERIFIED
     pipeline.HASH_CANDIDATE_DISTANCE = COLLECT_HASH_DISTANCE
     pipeline.HASH_VERIFY_DISTANCE = COLLECT_HASH_DISTANCE
-    pipeline.STOP_AT_CONFIRMED = False
 
     events = io.StringIO()
     configure_logging("debug", "json", stream=events)
@@ -172,16 +173,16 @@ def replay(row: dict[str, Any], s: Setting, is_true: Any = None) -> Outcome:
         return Outcome(row["tier"], row["duplicate_of"])
     cands = row["candidates"]
     eligible = [c for c in cands if _proposed(c, s)]
+    unknown = False
     for c in eligible[: s.verified]:
         if c["verified"] is None:
-            # Not verified while collecting: a wider setting than was collected.
-            raise ValueError(f"{row['path']}: candidate {c['candidate']} was not verified")
-        if c["verified"]:
+            unknown = True  # never verified while collecting: counted as not confirmed
+        elif c["verified"]:
             return Outcome("duplicate", c["candidate"])
     top = cands[0] if cands else None
     tier = "similar" if top and top["similarity"] >= s.similar_threshold else "unique"
-    loss = None
-    if is_true is not None:
+    loss = "unknown" if unknown else None
+    if is_true is not None and not unknown:
         true = [c for c in cands if is_true(c["candidate"])]
         if not true:
             loss = "a_not_found"
@@ -200,6 +201,7 @@ class Tally:
     predicted: int = 0
     correct: int = 0
     hardneg: int = 0
+    unknown: int = 0  # files whose decision needed a verdict never collected
     positives: Counter[str] = dataclasses.field(default_factory=Counter)
     hits: Counter[str] = dataclasses.field(default_factory=Counter)
     losses: dict[str, Counter[str]] = dataclasses.field(
@@ -229,6 +231,7 @@ def evaluate(rows: list[dict[str, Any]], labels: dict[str, Label], s: Setting) -
             return o is not None and o.transform != "hardneg" and o.original_id == lab.original_id
 
         out = replay(row, s, is_true if copy else None)
+        tally.unknown += out.loss == "unknown"
         if copy:
             tally.positives[lab.transform] += 1
         if out.tier not in ("exact", "duplicate"):
@@ -263,7 +266,7 @@ def _subset(rows: list[dict[str, Any]], labels: dict[str, Label], half: int) -> 
 
 
 def grid() -> list[Setting]:
-    thresholds = [0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
+    thresholds = [0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
     return [
         Setting(t, n, hd)
         for t, n, hd in itertools.product(thresholds, [1, 2, 3, 5, 10], [-1, 4, 6, 8, 10, 12])
@@ -288,14 +291,14 @@ def report(labels_path: Path, signals: Path, current: Setting) -> None:
     labels = {lab.file: lab for lab in read_labels(labels_path)}
     rows = [json.loads(line) for line in signals.read_text().splitlines() if line.strip()]
     print(f"{len(rows)} files, {sum(len(r['candidates']) for r in rows)} candidates\n")
-    print("| setting | precision | recall | predicted | false | hard-negative |")
-    print("|---|---|---|---|---|---|")
+    print("| setting | precision | recall | predicted | false | hard-negative | unknown |")
+    print("|---|---|---|---|---|---|---|")
     for s in grid():
         t = evaluate(rows, labels, s)
         false = t.predicted - t.correct
         print(
             f"| {s.label()} | {t.precision():.4f} | {t.recall():.4f} | {t.predicted} "
-            f"| {false} | {t.hardneg} |"
+            f"| {false} | {t.hardneg} | {t.unknown} |"
         )
     for name, s in (("current", current), ("chosen on all", None)):
         if s is None:

@@ -47,9 +47,6 @@ HASH_CANDIDATE_DISTANCE = 10
 HASH_VERIFY_DISTANCE = 8
 # Verification costs a decode of the known file; the closest few candidates are enough.
 MAX_VERIFIED_CANDIDATES = 3
-# Verification stops at the first confirmed original; calibration (bench/calibrate.py) turns
-# this off to see every candidate's verdict.
-STOP_AT_CONFIRMED = True
 # The file whose decision to quarantine is recorded but not yet carried out. Written in the
 # same transaction as the decision, cleared once the move is done or given up, so a crash in
 # between leaves a note that start-up acts on: the file looks unchanged, and would otherwise
@@ -438,11 +435,7 @@ class Pipeline:
         for pair in [p for p in usable if _proposed(p, threshold)][:MAX_VERIFIED_CANDIDATES]:
             self._verify(pair, fingerprint)
             # One confirmed original is enough; a vetoed one (a burst neighbour) is not.
-            if (
-                STOP_AT_CONFIRMED
-                and pair.verified
-                and not camera_times_differ(new_facts, _facts(pair.record, pair.meta))
-            ):
+            if pair.verified and not camera_times_differ(new_facts, _facts(pair.record, pair.meta)):
                 break
         self._log_candidates(file.path, usable)
         return usable
