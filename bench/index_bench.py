@@ -9,12 +9,13 @@ tail), grouped in clusters like bursts and events. Near-duplicates are planted a
 The index runs in a child process, as the daemon would (its peak RSS is the figure to read);
 the parent holds every vector for the exact-search reference.
 
-A build is ``projected_dim:links:ef_construction`` (PCA dimensions the HNSW graph indexes,
-links per vector, breadth of the link search); a search is ``ef_search:candidates`` (breadth
-of the graph search, candidates re-scored with their full vectors).
+A build is ``projected_dim:tree_dim:trees`` (PCA dimensions kept in the snapshot, leading
+dimensions the Annoy trees split on, number of trees); a search is
+``search_k:shortlist:candidates`` (tree-node items Annoy inspects, items it returns to be
+re-ranked in the projection, candidates re-scored with their full vectors).
 
     python bench/index_bench.py --n 100000
-    python bench/index_bench.py --n 1000000 --builds 64:32:80 --searches 256:24,512:24
+    python bench/index_bench.py --n 1000000 --builds 64:64:32 --searches 30000:24:24
 """
 
 from __future__ import annotations
@@ -168,13 +169,13 @@ def child(args: argparse.Namespace) -> None:
     from dupwatch.store import Store
 
     configure_logging("warning")
-    d, links, ef_construction = (int(x) for x in args.build.split(":"))
+    d, tree_dim, trees = (int(x) for x in args.build.split(":"))
     queries = np.load(args.queries)
     store = Store.open(Path(args.db))
     settings = IndexSettings(
         projected_dim=d,
-        links=links,
-        ef_construction=ef_construction,
+        tree_dim=tree_dim,
+        trees=trees,
         # The buffer phase fills the buffer past the usual threshold; no rebuild may start.
         rebuild_buffer_size=max(10_000, args.buffer + 1),
         rebuild_max_age=1e9,
@@ -198,8 +199,10 @@ def child(args: argparse.Namespace) -> None:
         assert index.stats().buffer_items == args.buffer and not index.stats().rebuilding
     results = {}
     for spec in args.searches.split(","):
-        ef_search, candidates = (int(x) for x in spec.split(":"))
-        index.settings = dataclasses.replace(settings, ef_search=ef_search, candidates=candidates)
+        search_k, shortlist, candidates = (int(x) for x in spec.split(":"))
+        index.settings = dataclasses.replace(
+            settings, search_k=search_k, shortlist=shortlist, candidates=candidates
+        )
         index.search(queries[0], 10)  # warm-up
         ids = np.zeros((len(queries), 10), dtype=np.int64)
         times = np.zeros(len(queries))
@@ -229,11 +232,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--per-band", type=int, default=300, help="planted copies per band")
     parser.add_argument("--real", type=int, default=250, help="cached photos to embed (0: none)")
+    parser.add_argument("--builds", default="64:64:32", help="projected_dim:tree_dim:trees,...")
     parser.add_argument(
-        "--builds", default="64:32:80", help="projected_dim:links:ef_construction,..."
-    )
-    parser.add_argument(
-        "--searches", default="64:24,128:24,256:24", help="ef_search:candidates,..."
+        "--searches", default="10000:24:24,30000:24:24", help="search_k:shortlist:candidates,..."
     )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=1)
@@ -345,7 +346,7 @@ def main() -> None:
         return f"{hit.mean():.4f}"
 
     header = (
-        "| d:links:ef_constr | ef_search:cands | open s | peak RSS MiB | RSS after MiB "
+        "| d:tree_d:trees | search_k:short:cands | open s | peak RSS MiB | RSS after MiB "
         "| snapshot MiB | p50 ms | p99 ms | " + " | ".join(dict.fromkeys(labels)) + " |"
     )
     print()

@@ -19,8 +19,11 @@ DIM = 96
 # A small buffer_exact, so buffers past 100 vectors are searched through the projection.
 SETTINGS = IndexSettings(
     projected_dim=24,
-    links=16,
-    ef_search=64,
+    # Trees over fewer dimensions than the projection, so the shortlist re-rank is exercised.
+    tree_dim=16,
+    trees=8,
+    search_k=2000,
+    shortlist=96,
     candidates=32,
     buffer_exact=100,
     buffer_shortlist=32,
@@ -191,13 +194,13 @@ def test_unreadable_newest_snapshot_falls_back_and_leftovers_are_cleared(
     _open(library, tmp_path).close()
     directory = tmp_path / "index"
     [good] = list_snapshots(directory)
-    (directory / "snapshot-999999.hnsw").write_bytes(b"not a graph")
+    (directory / "snapshot-999999.ann").write_bytes(b"not an annoy file")
     np.savez(directory / "snapshot-999999.npz", nothing=np.zeros(1))
-    (directory / ".snapshot-5.hnsw.123.tmp").write_bytes(b"half-written")
+    (directory / ".snapshot-5.ann.123.tmp").write_bytes(b"half-written")
     index = _open(library, tmp_path)
     try:
         assert index.stats().snapshot_upto_seq == good.upto_seq
-        assert not (directory / ".snapshot-5.hnsw.123.tmp").exists()
+        assert not (directory / ".snapshot-5.ann.123.tmp").exists()
         library.check_near_duplicates(index, ids[:20])
         library.put(_clustered(library.rng, 10))
         assert index.start_rebuild()
@@ -206,26 +209,50 @@ def test_unreadable_newest_snapshot_falls_back_and_leftovers_are_cleared(
         # The next snapshot replaces both the one in use and the unreadable one.
         [newest] = list_snapshots(directory)
         assert newest.upto_seq > good.upto_seq
-        assert not (directory / "snapshot-999999.hnsw").exists()
+        assert not (directory / "snapshot-999999.ann").exists()
     finally:
         index.close()
 
 
-def test_an_annoy_snapshot_of_an_earlier_version_is_removed_and_rebuilt(
+def test_an_hnsw_snapshot_of_an_earlier_version_is_removed_and_rebuilt(
     library: Library, tmp_path: Path
 ) -> None:
     ids = library.put(_clustered(library.rng, 1800))
     directory = tmp_path / "index"
     directory.mkdir()
-    (directory / "snapshot-1800.ann").write_bytes(b"annoy trees")
+    (directory / "snapshot-1800.hnsw").write_bytes(b"hnsw graph")
     np.savez(directory / "snapshot-1800.npz", file_ids=np.arange(1800))
+    (directory / "snapshot-900.hnsw").write_bytes(b"an older hnsw graph")
+    np.savez(directory / "snapshot-900.npz", file_ids=np.arange(900))
     index = _open(library, tmp_path)
     try:
         assert sorted(p.name for p in directory.iterdir()) == [
-            "snapshot-1800.hnsw",
+            "snapshot-1800.ann",
             "snapshot-1800.npz",
         ]
         assert index.stats().snapshot_items == 1800
+        library.check_near_duplicates(index, ids[:20])
+    finally:
+        index.close()
+
+
+def test_an_annoy_snapshot_without_format_is_skipped_and_rebuilt(
+    library: Library, tmp_path: Path
+) -> None:
+    ids = library.put(_clustered(library.rng, 1800))
+    directory = tmp_path / "index"
+    directory.mkdir()
+    # As earlier versions wrote them: no format and no projected vectors in the .npz.
+    (directory / "snapshot-1200.ann").write_bytes(b"annoy trees")
+    settings = np.array('{"model_id": "test-model", "upto_seq": 1200, "trees": 8}')
+    np.savez(directory / "snapshot-1200.npz", file_ids=np.arange(1200), settings=settings)
+    index = _open(library, tmp_path)
+    try:
+        assert index.stats().snapshot_items == 1800
+        assert sorted(p.name for p in directory.iterdir()) == [
+            "snapshot-1800.ann",
+            "snapshot-1800.npz",
+        ]
         library.check_near_duplicates(index, ids[:20])
     finally:
         index.close()

@@ -1,12 +1,12 @@
 """Similarity search: the snapshot plus a buffer of recent vectors, minus tombstones.
 
 The store is the source of truth; everything here is a cache that can be rebuilt from it. A
-search asks the snapshot (an HNSW graph over a projection of the vectors; see snapshot.py for
-why) for candidates in its projected space, re-ranks them with their full
-vectors from the store, adds exact matches from the buffer (vectors added since the snapshot),
-and leaves out tombstoned files (gone, quarantined or replaced since the snapshot). When the
-buffer grows past a size or age threshold, a background thread builds a new snapshot and swaps
-it in; searches keep using the old one until then, and adding never waits for a build.
+search asks the Annoy snapshot (trees over a PCA projection of the vectors; see snapshot.py)
+for candidates in its projected space, re-ranks them with their full vectors from the store,
+adds exact matches from the buffer (vectors added since the snapshot), and leaves out
+tombstoned files (gone, quarantined or replaced since the snapshot). When the buffer grows past
+a size or age threshold, a background thread builds a new snapshot and swaps it in; searches
+keep using the old one until then, and adding never waits for a build.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from numpy.typing import NDArray
 from dupwatch.buffer import Buffer
 from dupwatch.records import Neighbour
 from dupwatch.snapshot import (
-    GraphSettings,
     Projection,
     Snapshot,
+    TreeSettings,
     list_snapshots,
     remove_obsolete,
     remove_snapshot,
@@ -40,11 +40,12 @@ log = structlog.get_logger(__name__)
 class IndexSettings:
     """Search and rebuild parameters; the defaults were chosen by bench/index_bench.py."""
 
-    projected_dim: int = 64  # PCA dimensions the graph indexes
-    links: int = 32  # graph links per vector (16 lost near-duplicates in clusters, measured)
-    ef_construction: int = 80  # breadth of the link search while building (40 lost copies)
-    ef_search: int = 256  # breadth of the graph search per query
-    candidates: int = 24  # snapshot candidates re-scored with their full vectors
+    projected_dim: int = 64  # PCA dimensions kept in the snapshot (re-ranking the shortlist)
+    tree_dim: int = 64  # leading projected dimensions the Annoy trees split on
+    trees: int = 32
+    search_k: int = 30_000  # Annoy tree-node items inspected per query
+    shortlist: int = 24  # items Annoy returns, re-ranked in all projected dimensions...
+    candidates: int = 24  # ...of which these are re-scored with their full vectors
     buffer_exact: int = 1024  # a buffer up to this size is scanned in full...
     buffer_shortlist: int = 128  # ...a larger one scores only its rows nearest in the projection
     pca_sample: int = 20_000  # vectors the projection is fitted on
@@ -143,14 +144,14 @@ class VectorIndex:
         for files in list_snapshots(self._directory):
             try:
                 snapshot = Snapshot.load(files)
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:  # faiss: RuntimeError
-                log.warning("snapshot_unreadable", path=files.graph, error=str(exc))
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("snapshot_unreadable", path=files.ann, error=str(exc))
                 continue
             if (
                 snapshot.model_id != self._model_id
                 or snapshot.projection.mean.shape[0] != self._dim
             ):
-                log.info("snapshot_for_other_model", path=files.graph, model_id=snapshot.model_id)
+                log.info("snapshot_for_other_model", path=files.ann, model_id=snapshot.model_id)
                 continue
             return snapshot
         return None
@@ -179,7 +180,12 @@ class VectorIndex:
                 wanted = max(self.settings.candidates, k)
                 candidates = [
                     i
-                    for i in snapshot.candidates(query, wanted, self.settings.ef_search).tolist()
+                    for i in snapshot.candidates(
+                        query,
+                        wanted,
+                        search_k=self.settings.search_k,
+                        shortlist=self.settings.shortlist,
+                    ).tolist()
                     if i not in self._tombstones and i not in buffer.row_of
                 ]
                 full = self._store.vectors_for(candidates, self._model_id)
@@ -255,7 +261,7 @@ class VectorIndex:
         return True
 
     def close(self, timeout: float = 600.0) -> None:
-        """Let a running rebuild finish (a graph build cannot stop) before the store closes."""
+        """Let a running rebuild finish (Annoy cannot stop halfway) before the store closes."""
         if not self.wait_for_rebuild(timeout):
             log.warning("snapshot_build_still_running", timeout=timeout)
 
@@ -289,7 +295,7 @@ class VectorIndex:
             projection=projection,
             # Small pages keep each read short, so searches sharing the store barely wait.
             batches=self._store.iter_vectors(self._model_id, upto_seq=upto, batch_size=2000),
-            graph_settings=GraphSettings(self.settings.links, self.settings.ef_construction),
+            tree_settings=TreeSettings(self.settings.trees, self.settings.tree_dim),
         )
         snapshot = Snapshot.load(files)
         with self._lock:

@@ -1,21 +1,20 @@
-"""The snapshot: a projection to fewer dimensions, an HNSW graph over it, and its file ids.
+"""The Annoy snapshot: a projection to fewer dimensions, Annoy trees over it, and its file ids.
 
-A graph over the 1280-d vectors of a million photos would take gigabytes, so the snapshot
-indexes a PCA projection of the vectors (fitted on a sample of the library), stored as float16.
-The projection only shrinks distances between vectors (it is orthogonal), so a true
-near-duplicate stays near; the search asks the graph for a few dozen candidates and the index
-re-scores them with the full vectors from the store.
+Annoy over the 1280-d vectors of a million photos would be ~5 GB and slow to build, so the
+snapshot indexes a PCA projection of the vectors (fitted on a sample of the library). The
+projection only shrinks distances between vectors (it is orthogonal), so a true near-duplicate
+stays near.
 
-Why a graph (faiss HNSW) and not Annoy's trees: on the library bench/index_bench.py models,
-a near-duplicate at cosine 0.90-0.95 is barely nearer than its cluster's other members, and
-trees split such pairs apart. At 100k vectors Annoy had to visit more nodes than the library
-holds to find every copy at cosine 0.95, at 8-17 ms a query; the graph finds all of them at
-well under a millisecond, and its cost grows with the logarithm of the library, not its size
-(bench/RESULTS.md, "Index").
+A search is three narrowing steps. The trees cover only the leading ``tree_dim`` dimensions of
+the projection, where random splits separate a near-duplicate from its original least often,
+and Annoy returns a long shortlist of items near the query there. The snapshot keeps every
+item's projected vector (float16) in memory and re-ranks that shortlist in all the projected
+dimensions; the index then re-scores the few best with their full vectors from the store.
 
 A snapshot is two files named by the last vector seq it holds: ``snapshot-<seq>.npz`` (file
-ids, projection, settings) and ``snapshot-<seq>.hnsw``. Both are written under temporary names
-and renamed; the ``.hnsw`` rename comes last and makes the snapshot visible.
+ids, projection, projected vectors, settings) and ``snapshot-<seq>.ann``. Both are written
+under temporary names and renamed; the ``.ann`` rename comes last and makes the snapshot
+visible.
 """
 
 from __future__ import annotations
@@ -30,18 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import faiss
 import numpy as np
 import structlog
+from annoy import AnnoyIndex
 from numpy.typing import NDArray
 
 from dupwatch.store.records import VectorBatch
 
 log = structlog.get_logger(__name__)
 
-_NAME = re.compile(r"snapshot-(\d+)\.hnsw")
-_OBSOLETE = re.compile(r"snapshot-(\d+)\.ann")  # Annoy snapshots of earlier versions
-FORMAT: Final = "hnsw-sq-fp16"
+_NAME = re.compile(r"snapshot-(\d+)\.ann")
+# Snapshots this version does not read: HNSW graphs written by an earlier version.
+_OBSOLETE = re.compile(r"snapshot-(\d+)\.hnsw")
+METRIC: Final = "euclidean"
+FORMAT: Final = "annoy-pca-rerank"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,29 +80,29 @@ class Projection:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotFiles:
-    graph: Path
+    ann: Path
     meta: Path
     upto_seq: int
 
 
 @dataclass(frozen=True, slots=True)
-class GraphSettings:
-    """How the HNSW graph is built: links per node and the breadth of the search for them."""
+class TreeSettings:
+    """How the Annoy trees are built: how many, over how many leading projected dimensions."""
 
-    links: int = 32
-    ef_construction: int = 80
+    trees: int
+    tree_dim: int
 
 
 def snapshot_files(directory: Path, upto_seq: int) -> SnapshotFiles:
     return SnapshotFiles(
-        directory / f"snapshot-{upto_seq}.hnsw", directory / f"snapshot-{upto_seq}.npz", upto_seq
+        directory / f"snapshot-{upto_seq}.ann", directory / f"snapshot-{upto_seq}.npz", upto_seq
     )
 
 
 def list_snapshots(directory: Path) -> list[SnapshotFiles]:
     """Complete snapshots in ``directory``, newest first."""
     found = []
-    for path in directory.glob("snapshot-*.hnsw"):
+    for path in directory.glob("snapshot-*.ann"):
         match = _NAME.fullmatch(path.name)
         if match:
             files = snapshot_files(directory, int(match.group(1)))
@@ -113,34 +114,37 @@ def list_snapshots(directory: Path) -> list[SnapshotFiles]:
 def remove_obsolete(directory: Path) -> int:
     """Delete snapshots in a format this version no longer reads; returns how many."""
     removed = 0
-    for path in directory.glob("snapshot-*.ann"):
+    for path in directory.glob("snapshot-*.hnsw"):
         match = _OBSOLETE.fullmatch(path.name)
         if not match:
             continue
         current = snapshot_files(directory, int(match.group(1)))
         path.unlink(missing_ok=True)
-        if not current.graph.exists():  # the .npz is the old snapshot's, not a current one's
+        if not current.ann.exists():  # the .npz is the old snapshot's, not a current one's
             current.meta.unlink(missing_ok=True)
         removed += 1
     return removed
 
 
 class Snapshot:
-    """A loaded snapshot; searched, never changed (faiss searches are safe from many threads)."""
+    """A loaded snapshot (trees memory-mapped); searched, never changed."""
 
     def __init__(
         self,
         files: SnapshotFiles,
-        graph: faiss.Index,
+        annoy: AnnoyIndex,
         file_ids: NDArray[np.int64],
         projection: Projection,
+        projected: NDArray[np.float16],
         model_id: str,
     ) -> None:
         self.files = files
-        self.graph = graph
+        self.annoy = annoy
+        self.tree_dim = int(annoy.f)
         self.file_ids = file_ids
         self.sorted_ids = np.sort(file_ids)
         self.projection = projection
+        self.projected = projected
         self.model_id = model_id
 
     @property
@@ -157,34 +161,47 @@ class Snapshot:
             return np.zeros(len(file_ids), dtype=bool)
         return np.asarray(self.sorted_ids[pos] == file_ids)
 
-    def candidates(self, vector: NDArray[np.float32], n: int, ef_search: int) -> NDArray[np.int64]:
-        """File ids of the ``n`` items nearest ``vector`` in the projected space.
+    def candidates(
+        self, vector: NDArray[np.float32], n: int, *, search_k: int, shortlist: int
+    ) -> NDArray[np.int64]:
+        """File ids of the ``n`` items nearest ``vector`` in the projected space, nearest first.
 
-        ``ef_search`` is how many nodes the graph search keeps in play (at least ``n``); more
-        finds more of the true nearest at a cost that grows slowly.
+        Annoy inspects ``search_k`` tree nodes' items and returns the ``shortlist`` nearest in
+        the trees' dimensions; those are re-ranked in every projected dimension.
         """
-        query = self.projection.apply(vector[None, :])
-        # faiss's bundled stubs lack this class; it exists since faiss 1.7.3.
-        params = faiss.SearchParametersHNSW(efSearch=max(ef_search, n))  # type: ignore[attr-defined]
-        _, items = self.graph.search(query, n, params=params)
-        found = items[0]
-        return np.asarray(self.file_ids[found[found >= 0]], dtype=np.int64)
+        query = self.projection.apply(vector[None, :])[0]
+        items = np.asarray(
+            self.annoy.get_nns_by_vector(
+                query[: self.tree_dim].tolist(), max(shortlist, n), search_k=search_k
+            ),
+            dtype=np.int64,
+        )
+        if len(items) > n:
+            diff = self.projected[items].astype(np.float32) - query
+            distances = np.einsum("ij,ij->i", diff, diff)
+            best = np.argpartition(distances, n - 1)[:n]
+            items = items[best[np.argsort(distances[best])]]
+        return np.asarray(self.file_ids[items], dtype=np.int64)
 
     @classmethod
     def load(cls, files: SnapshotFiles) -> Snapshot:
         with np.load(files.meta, allow_pickle=False) as meta:
             settings = json.loads(str(meta["settings"]))
+            if settings.get("format") != FORMAT:
+                raise ValueError(f"{files.meta}: format {settings.get('format')!r}, not {FORMAT}")
             projection = Projection(meta["mean"], meta["basis"])
             file_ids = np.asarray(meta["file_ids"], dtype=np.int64)
-        if settings.get("format") != FORMAT:
-            raise ValueError(f"{files.meta}: format {settings.get('format')!r}, not {FORMAT}")
-        graph = faiss.read_index(os.fspath(files.graph))
-        if graph.ntotal != len(file_ids) or graph.d != projection.dim:
+            projected = np.asarray(meta["projected"], dtype=np.float16)
+        tree_dim = int(settings["tree_dim"])
+        if projected.shape != (len(file_ids), projection.dim) or not 0 < tree_dim <= projection.dim:
+            raise ValueError(f"{files.meta}: projected vectors or tree_dim do not match")
+        annoy = AnnoyIndex(tree_dim, METRIC)
+        annoy.load(os.fspath(files.ann), prefault=False)  # mmap: pages load as searches touch them
+        if annoy.get_n_items() != len(file_ids):
             raise ValueError(
-                f"{files.graph}: holds {graph.ntotal} items of {graph.d} dimensions, "
-                f"expected {len(file_ids)} of {projection.dim}"
+                f"{files.ann}: holds {annoy.get_n_items()} items, expected {len(file_ids)}"
             )
-        return cls(files, graph, file_ids, projection, str(settings["model_id"]))
+        return cls(files, annoy, file_ids, projection, projected, str(settings["model_id"]))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -195,11 +212,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
-    with path.open("rb+") as out:
-        os.fsync(out.fileno())
-
-
 def write_snapshot(
     directory: Path,
     *,
@@ -207,38 +219,40 @@ def write_snapshot(
     upto_seq: int,
     projection: Projection,
     batches: Iterable[VectorBatch],
-    graph_settings: GraphSettings,
+    tree_settings: TreeSettings,
 ) -> SnapshotFiles:
     """Build a snapshot from ``batches`` (full vectors) and publish it atomically."""
     started = time.monotonic()
     files = snapshot_files(directory, upto_seq)
-    tmp_graph = directory / f".{files.graph.name}.{os.getpid()}.tmp"
+    tmp_ann = directory / f".{files.ann.name}.{os.getpid()}.tmp"
     tmp_meta = directory / f".{files.meta.name}.{os.getpid()}.tmp"
-    # One core for the build: the other is the embedder's, and a rebuild is never urgent.
-    faiss.omp_set_num_threads(1)
-    # float16 codes halve the graph's memory and, measured, lose no near-duplicates.
-    fp16 = faiss.ScalarQuantizer.QT_fp16
-    # The stubs type the quantizer kind as int where the binding takes exactly that int.
-    graph = faiss.IndexHNSWSQ(projection.dim, fp16, graph_settings.links)  # type: ignore[arg-type]
-    graph.hnsw.efConstruction = graph_settings.ef_construction
+    tree_dim = min(tree_settings.tree_dim, projection.dim)
+    annoy = AnnoyIndex(tree_dim, METRIC)
+    # Built inside the file rather than in memory: the daemon's resident size stays small.
+    annoy.on_disk_build(os.fspath(tmp_ann))
     ids: list[NDArray[np.int64]] = []
+    rows: list[NDArray[np.float16]] = []
     n = 0
     try:
         for batch in batches:
-            projected = np.ascontiguousarray(projection.apply(batch.vectors))
-            if not graph.is_trained:
-                graph.train(projected)  # fp16 needs no statistics; faiss still wants the call
-            graph.add(projected)
+            projected = projection.apply(batch.vectors)
+            for row in projected[:, :tree_dim]:
+                annoy.add_item(n, row.tolist())
+                n += 1
             ids.append(batch.file_ids)
-            n += len(batch.file_ids)
+            rows.append(projected.astype(np.float16))
+        # One core: the other is the embedder's, and a rebuild is never urgent.
+        annoy.build(tree_settings.trees, n_jobs=1)
+        annoy.unload()
         file_ids = np.concatenate(ids) if ids else np.empty(0, dtype=np.int64)
-        faiss.write_index(graph, os.fspath(tmp_graph))
+        matrix = np.concatenate(rows) if rows else np.empty((0, projection.dim), np.float16)
         settings = {
             "model_id": model_id,
             "upto_seq": upto_seq,
             "format": FORMAT,
-            "links": graph_settings.links,
-            "ef_construction": graph_settings.ef_construction,
+            "trees": tree_settings.trees,
+            "tree_dim": tree_dim,
+            "metric": METRIC,
         }
         with tmp_meta.open("wb") as out:
             np.savez(
@@ -246,32 +260,35 @@ def write_snapshot(
                 file_ids=file_ids,
                 mean=projection.mean,
                 basis=projection.basis,
+                projected=matrix,
                 settings=np.array(json.dumps(settings)),
             )
             out.flush()
             os.fsync(out.fileno())
-        _fsync_file(tmp_graph)
+        with tmp_ann.open("rb+") as ann:
+            os.fsync(ann.fileno())
         tmp_meta.replace(files.meta)
-        tmp_graph.replace(files.graph)
+        tmp_ann.replace(files.ann)
         _fsync_dir(directory)
     finally:
-        for leftover in (tmp_graph, tmp_meta):
+        for leftover in (tmp_ann, tmp_meta):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
     log.info(
         "snapshot_built",
         items=n,
         dim=projection.dim,
-        links=graph_settings.links,
+        tree_dim=tree_dim,
+        trees=tree_settings.trees,
         upto_seq=upto_seq,
         seconds=round(time.monotonic() - started, 2),
-        bytes=files.graph.stat().st_size + files.meta.stat().st_size,
+        bytes=files.ann.stat().st_size + files.meta.stat().st_size,
     )
     return files
 
 
 def remove_snapshot(files: SnapshotFiles) -> None:
-    # The graph goes first, so a half-removed snapshot is never listed as complete.
-    for path in (files.graph, files.meta):
+    # The .ann goes first, so a half-removed snapshot is never listed as complete.
+    for path in (files.ann, files.meta):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
