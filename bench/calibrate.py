@@ -300,13 +300,11 @@ def report(labels_path: Path, signals: Path, current: Setting) -> None:
             f"| {s.label()} | {t.precision():.4f} | {t.recall():.4f} | {t.predicted} "
             f"| {false} | {t.hardneg} | {t.unknown} |"
         )
-    for name, s in (("current", current), ("chosen on all", None)):
-        if s is None:
-            picked = choose(rows, labels)
-            if picked is None:
-                print("\nno setting meets precision >= 0.999 without a hard-negative pair")
-                return
-            s = picked[0]
+    picked = choose(rows, labels)
+    shown = [("current", current)] + ([("chosen on all", picked[0])] if picked else [])
+    if picked is None:
+        print("\nno setting meets precision >= 0.999 without a hard-negative pair")
+    for name, s in shown:
         t = evaluate(rows, labels, s)
         print(
             f"\n{name}: {s.label()}: precision {t.precision():.4f} recall {t.recall():.4f}"

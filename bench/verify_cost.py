@@ -1,0 +1,112 @@
+"""What verification costs end to end: a dry-run scan with verification on and off.
+
+Each folder is scanned in-process through the real pipeline (read, sha256, decode, embed,
+search, verify, decide, record) with a fresh state directory, once as shipped and once with
+no candidate verified (``MAX_VERIFIED_CANDIDATES = 0``; the rest of the flow is unchanged).
+Reports images/s in wall time and per CPU-second (this process plus its analysis worker), and
+how many verifications ran. Run it on a quiet machine for figures that mean something.
+
+Usage: python bench/verify_cost.py FOLDER... [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from dupwatch import pipeline
+from dupwatch.config import Config
+from dupwatch.filters import PathFilter
+from dupwatch.logs import configure_logging
+from dupwatch.reconcile import walk_files
+from dupwatch.runtime import open_services
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its live children (the analysis worker), Linux only."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def scan(folder: Path, files: list[Path], verify: bool) -> dict[str, float]:
+    """Scan ``files`` once (the first one warms up and is not counted)."""
+    saved = pipeline.MAX_VERIFIED_CANDIDATES
+    pipeline.MAX_VERIFIED_CANDIDATES = saved if verify else 0
+    verified = 0
+
+    def count(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+        nonlocal verified
+        if event.get("event") == "candidate_examined" and event.get("verified") is not None:
+            verified += 1
+        raise structlog.DropEvent
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="dupwatch-verify-cost-") as state:
+            services = open_services(Config(), Path(state), [folder], dry_run=True)
+            # Counting needs the debug events; nothing is rendered.
+            structlog.configure(
+                processors=[count], wrapper_class=structlog.make_filtering_bound_logger(10)
+            )
+            services.pipeline.process(files[0])  # warm up: model graph, caches
+            cpu0, wall0 = _cpu(), time.perf_counter()
+            for path in files[1:]:
+                services.pipeline.process(path)
+            wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
+            services.close()
+    finally:
+        pipeline.MAX_VERIFIED_CANDIDATES = saved
+        configure_logging("warning", "console", stream=sys.stderr)
+    n = len(files) - 1
+    return {"files": n, "wall": wall, "cpu": cpu, "verified": verified}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--limit", type=int, default=0, help="scan at most N files per folder")
+    args = parser.parse_args(argv)
+    configure_logging("warning", "console", stream=sys.stderr)
+    config = Config()
+    path_filter = PathFilter(
+        config.watch.include_extensions, config.watch.ignore, config.quarantine.dir_name
+    )
+    print("| folder | files | verification | verifications | images/s (wall) |"
+          " images per CPU-second | ratio on/off (CPU) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for folder in args.folders:
+        folder = folder.resolve()
+        files = sorted(p for p, _ in walk_files(folder, path_filter, start=folder))
+        if args.limit:
+            files = files[: args.limit]
+        off = scan(folder, files, verify=False)
+        on = scan(folder, files, verify=True)
+        for label, r in (("off", off), ("on", on)):
+            ratio = (r["files"] / r["cpu"]) / (off["files"] / off["cpu"])
+            print(
+                f"| {folder.name} | {r['files']:.0f} | {label} | {r['verified']:.0f} "
+                f"| {r['files'] / r['wall']:.1f} | {r['files'] / r['cpu']:.1f} | {ratio:.2f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
