@@ -11,8 +11,10 @@ the parent holds every vector for the exact-search reference.
 
 A build is ``projected_dim:tree_dim:trees`` (PCA dimensions kept in the snapshot, leading
 dimensions the Annoy trees split on, number of trees); a search is
-``search_k:shortlist:candidates`` (tree-node items Annoy inspects, items it returns to be
-re-ranked in the projection, candidates re-scored with their full vectors).
+``search_k:shortlist:candidates[:expand:expand_search_k:expand_shortlist]`` (tree-node items
+Annoy inspects, items it returns to be re-ranked in the projection, candidates re-scored with
+their full vectors; optionally how many of the nearest shortlisted items are searched from in
+turn, with what search_k, adding how many neighbours each).
 
     python bench/index_bench.py --n 100000
     python bench/index_bench.py --n 1000000 --builds 64:64:32 --searches 30000:24:24
@@ -199,9 +201,16 @@ def child(args: argparse.Namespace) -> None:
         assert index.stats().buffer_items == args.buffer and not index.stats().rebuilding
     results = {}
     for spec in args.searches.split(","):
-        search_k, shortlist, candidates = (int(x) for x in spec.split(":"))
+        search_k, shortlist, candidates, *expansion = (int(x) for x in spec.split(":"))
+        expand, expand_search_k, expand_shortlist = expansion or (0, 0, 0)
         index.settings = dataclasses.replace(
-            settings, search_k=search_k, shortlist=shortlist, candidates=candidates
+            settings,
+            search_k=search_k,
+            shortlist=shortlist,
+            candidates=candidates,
+            expand=expand,
+            expand_search_k=expand_search_k,
+            expand_shortlist=expand_shortlist,
         )
         index.search(queries[0], 10)  # warm-up
         ids = np.zeros((len(queries), 10), dtype=np.int64)

@@ -24,6 +24,7 @@ from dupwatch.buffer import Buffer
 from dupwatch.records import Neighbour
 from dupwatch.snapshot import (
     Projection,
+    SearchSettings,
     Snapshot,
     TreeSettings,
     list_snapshots,
@@ -45,6 +46,9 @@ class IndexSettings:
     trees: int = 32
     search_k: int = 30_000  # Annoy tree-node items inspected per query
     shortlist: int = 24  # items Annoy returns, re-ranked in all projected dimensions...
+    expand: int = 0  # ...the nearest of which are searched from in turn (see snapshot.py)...
+    expand_search_k: int = 0  # ...each inspecting this many items...
+    expand_shortlist: int = 0  # ...and adding this many neighbours to the shortlist...
     candidates: int = 24  # ...of which these are re-scored with their full vectors
     buffer_exact: int = 1024  # a buffer up to this size is scanned in full...
     buffer_shortlist: int = 128  # ...a larger one scores only its rows nearest in the projection
@@ -180,12 +184,7 @@ class VectorIndex:
                 wanted = max(self.settings.candidates, k)
                 candidates = [
                     i
-                    for i in snapshot.candidates(
-                        query,
-                        wanted,
-                        search_k=self.settings.search_k,
-                        shortlist=self.settings.shortlist,
-                    ).tolist()
+                    for i in snapshot.candidates(query, wanted, self._search_settings()).tolist()
                     if i not in self._tombstones and i not in buffer.row_of
                 ]
                 full = self._store.vectors_for(candidates, self._model_id)
@@ -195,6 +194,12 @@ class VectorIndex:
                         found[file_id] = sim
         best = sorted(found.items(), key=lambda item: (-item[1], item[0]))[:k]
         return [Neighbour(file_id, similarity) for file_id, similarity in best]
+
+    def _search_settings(self) -> SearchSettings:
+        s = self.settings
+        return SearchSettings(
+            s.search_k, s.shortlist, s.expand, s.expand_search_k, s.expand_shortlist
+        )
 
     # --- changes ------------------------------------------------------------------------------
 

@@ -93,6 +93,17 @@ class TreeSettings:
     tree_dim: int
 
 
+@dataclass(frozen=True, slots=True)
+class SearchSettings:
+    """How far a query searches the trees; see ``Snapshot.candidates``."""
+
+    search_k: int
+    shortlist: int
+    expand: int = 0
+    expand_search_k: int = 0
+    expand_shortlist: int = 0
+
+
 def snapshot_files(directory: Path, upto_seq: int) -> SnapshotFiles:
     return SnapshotFiles(
         directory / f"snapshot-{upto_seq}.ann", directory / f"snapshot-{upto_seq}.npz", upto_seq
@@ -162,26 +173,44 @@ class Snapshot:
         return np.asarray(self.sorted_ids[pos] == file_ids)
 
     def candidates(
-        self, vector: NDArray[np.float32], n: int, *, search_k: int, shortlist: int
+        self, vector: NDArray[np.float32], n: int, search: SearchSettings
     ) -> NDArray[np.int64]:
         """File ids of the ``n`` items nearest ``vector`` in the projected space, nearest first.
 
-        Annoy inspects ``search_k`` tree nodes' items and returns the ``shortlist`` nearest in
-        the trees' dimensions; those are re-ranked in every projected dimension.
+        Annoy inspects ``search.search_k`` tree-node items and returns the ``search.shortlist``
+        nearest in the trees' dimensions. With ``search.expand``, the nearest of those (in
+        every projected dimension) are searched from in turn: their own Annoy neighbours join
+        the shortlist. A copy that the trees split from its original mostly still shares
+        leaves with the original's other near neighbours, which the first search does find.
         """
         query = self.projection.apply(vector[None, :])[0]
-        items = np.asarray(
-            self.annoy.get_nns_by_vector(
-                query[: self.tree_dim].tolist(), max(shortlist, n), search_k=search_k
-            ),
-            dtype=np.int64,
-        )
+        items = self._annoy_nearest(query[: self.tree_dim], max(search.shortlist, n), search)
+        if search.expand > 0 and len(items):
+            pool = [items]
+            for seed in self._nearest(items, query, search.expand).tolist():
+                found = self.annoy.get_nns_by_item(
+                    seed, search.expand_shortlist, search_k=search.expand_search_k
+                )
+                pool.append(np.asarray(found, dtype=np.int64))
+            items = np.unique(np.concatenate(pool))
+        return np.asarray(self.file_ids[self._nearest(items, query, n)], dtype=np.int64)
+
+    def _annoy_nearest(
+        self, query: NDArray[np.float32], n: int, search: SearchSettings
+    ) -> NDArray[np.int64]:
+        found = self.annoy.get_nns_by_vector(query.tolist(), n, search_k=search.search_k)
+        return np.asarray(found, dtype=np.int64)
+
+    def _nearest(
+        self, items: NDArray[np.int64], query: NDArray[np.float32], n: int
+    ) -> NDArray[np.int64]:
+        """The ``n`` of ``items`` nearest ``query`` in every projected dimension, nearest first."""
+        diff = self.projected[items].astype(np.float32) - query
+        distances = np.einsum("ij,ij->i", diff, diff)
         if len(items) > n:
-            diff = self.projected[items].astype(np.float32) - query
-            distances = np.einsum("ij,ij->i", diff, diff)
-            best = np.argpartition(distances, n - 1)[:n]
-            items = items[best[np.argsort(distances[best])]]
-        return np.asarray(self.file_ids[items], dtype=np.int64)
+            keep = np.argpartition(distances, n - 1)[:n]
+            items, distances = items[keep], distances[keep]
+        return items[np.argsort(distances, kind="stable")]
 
     @classmethod
     def load(cls, files: SnapshotFiles) -> Snapshot:
