@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dupwatch.alignment import Alignment, mirror
-from dupwatch.photometric import luma_spread, photometric_fit
+from dupwatch.photometric import channel_max, luma_spread, photometric_fit
 
 Image = NDArray[np.uint8]
 Floats = NDArray[np.float32]
@@ -293,7 +293,7 @@ def _no_overlap(overlap_a: float = 0.0, overlap_b: float = 0.0) -> Agreement:
 
 def _saturated(image: Image) -> NDArray[np.uint8]:
     """255 where a pixel has a saturated channel, else 0."""
-    return np.where(image.max(axis=2) >= _SATURATED, 255, 0).astype(np.uint8)
+    return np.where(channel_max(image) >= _SATURATED, 255, 0).astype(np.uint8)
 
 
 def _clipped_pairs(
@@ -304,15 +304,15 @@ def _clipped_pairs(
     There the copy is not a smooth function of the original, so the pixel says nothing. A
     white subject moved onto a darker background is clipped on one side only: still counted.
     """
-    bright_a = grid_a.max(axis=2) >= _BRIGHT
-    bright_b = grid_b.max(axis=2) >= _BRIGHT
+    bright_a = channel_max(grid_a) >= _BRIGHT
+    bright_b = channel_max(grid_b) >= _BRIGHT
     pairs = ((sat_a & bright_b) | (sat_b & bright_a)).astype(np.uint8)
     return np.asarray(cv2.dilate(pairs, np.ones((3, 3), np.uint8)) > 0, dtype=bool)
 
 
 def content_box(image: Image) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) of the image without uniform borders (letterbox bars, mats)."""
-    g = image.max(axis=2).astype(np.int16)
+    g = channel_max(image).astype(np.int16)
     rows = (g.max(axis=1) - g.min(axis=1)) > _UNIFORM_RANGE
     cols = (g.max(axis=0) - g.min(axis=0)) > _UNIFORM_RANGE
     if not rows.any() or not cols.any():

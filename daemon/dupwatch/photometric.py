@@ -7,6 +7,8 @@ block comparison judges.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -14,6 +16,17 @@ Floats = NDArray[np.float32]
 
 # Luma weights (BT.601), the same the decoders use for grey.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def channel_max(image: NDArray[Any]) -> NDArray[Any]:
+    """The largest of the three channels per pixel, as ``image.max(axis=2)``.
+
+    numpy reduces a short last axis one pixel at a time; two elementwise maxima over the
+    channel planes give the same values some fifty times faster, and verification takes this
+    several times per candidate.
+    """
+    largest: NDArray[Any] = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
+    return largest
 
 
 def _design(grid: Floats) -> Floats:
@@ -24,7 +37,7 @@ def _design(grid: Floats) -> Floats:
     a dozen coefficients for the whole overlap the fit cannot paint in a moved subject.
     """
     c = (grid.reshape(-1, grid.shape[2]) if grid.ndim == 3 else grid.reshape(-1, 1)) / 255.0
-    value = c.max(axis=1, keepdims=True)
+    value = channel_max(c)[:, None] if c.shape[1] == 3 else c.max(axis=1, keepdims=True)
     terms = [c, value, value * value]
     n = c.shape[1]
     for i in range(n):
@@ -38,7 +51,7 @@ def _targets(grid: Floats) -> list[tuple[str, Floats]]:
     """What is predicted: luma, and the value channel (unchanged by hue and saturation)."""
     if grid.ndim == 2:
         return [("luma", grid)]
-    return [("luma", grid @ _LUMA), ("value", grid.max(axis=2))]
+    return [("luma", grid @ _LUMA), ("value", channel_max(grid))]
 
 
 def photometric_fit(
