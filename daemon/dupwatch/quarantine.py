@@ -225,8 +225,8 @@ class Quarantine:
     def entries(self, *, include_missing: bool = False) -> list[QuarantinedFile]:
         """What is in the quarantine, oldest first.
 
-        Entries whose file is gone from the quarantine (purged, or deleted by hand) are left
-        out unless ``include_missing``: the journal keeps them as DONE, having no purged state.
+        Entries whose file was deleted from the quarantine by hand are left out unless
+        ``include_missing``; purged ones are PURGED in the journal and never listed.
         """
         now = self._clock()
         listed = []

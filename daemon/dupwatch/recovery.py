@@ -132,9 +132,9 @@ class Recovery:
             elif outcome:
                 changed.append(entry.id)
         if unaccounted:
-            # Purged entries look like this (the journal has no purged state), so one summary
-            # line at start-up rather than a warning per file.
-            log.info("quarantine_entries_without_file", count=unaccounted)
+            # Files deleted from the quarantine by hand rather than purged: one summary line at
+            # start-up rather than a warning per file.
+            log.warning("quarantine_entries_without_file", count=unaccounted)
         return [e for i in changed if (e := self._journal.journal_entry(i)) is not None]
 
     def _guarded(self, resolve: _Resolver, entry: JournalEntry) -> bool | None:
@@ -299,9 +299,7 @@ class Recovery:
             if _regular(q_dir, held.name) is None or not _remove(q_dir, held.name):
                 return None
         _prune_empty_dirs(held, self._layout.dir_name)
-        purged = JournalState.__members__.get("PURGED")
-        if purged is not None:
-            self._journal.journal_set_state(entry.id, purged)
+        self._journal.journal_set_state(entry.id, JournalState.PURGED)
         log.info("quarantine_purged", **entry_fields(entry))
         return self._journal.journal_entry(entry.id)
 
