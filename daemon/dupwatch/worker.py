@@ -47,6 +47,8 @@ class Fingerprint:
     dihedral_hashes: tuple[int, ...]
     vector: NDArray[np.float32]
     pixels: NDArray[np.uint8]  # RGB at working size, kept for verification
+    # The vector of the photo inside a frame (framing.photo_inside), when there is one.
+    framed_vector: NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +92,16 @@ def _limit_memory(mib: int) -> None:
 
 
 def _fingerprint(embedder: Any, file: FileBytes, decode: DecodeConfig) -> Fingerprint:
+    from dupwatch.framing import photo_inside
     from dupwatch.images import decode_image, dihedral_hashes, perceptual_hash
 
     image: DecodedImage = decode_image(
         file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE
     )
-    vector = embedder.embed([image.pixels])[0]
+    # A photo shown inside a frame (a screenshot, a letterbox) is searched for as itself too.
+    inner = photo_inside(image.pixels)
+    vectors = embedder.embed([image.pixels] if inner is None else [image.pixels, inner])
+    vector = vectors[0]
     return Fingerprint(
         format=image.format,
         width=image.width,
@@ -105,6 +111,7 @@ def _fingerprint(embedder: Any, file: FileBytes, decode: DecodeConfig) -> Finger
         dihedral_hashes=tuple(dihedral_hashes(image.pixels)),
         vector=np.asarray(vector, dtype=np.float32),
         pixels=image.pixels,
+        framed_vector=None if inner is None else np.asarray(vectors[1], dtype=np.float32),
     )
 
 

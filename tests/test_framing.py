@@ -1,0 +1,75 @@
+"""Finding the photo inside a frame: letterbox bars, a viewer window, a phone gallery."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from skimage import data
+
+from dupwatch.framing import photo_box, photo_inside
+
+Image = NDArray[np.uint8]
+
+
+def to_working_size(rgb: Image, long_side: int = 512) -> Image:
+    h, w = rgb.shape[:2]
+    scale = long_side / max(h, w)
+    size = (round(w * scale), round(h * scale))
+    return np.asarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), np.uint8)
+
+
+def framed(photo: Image, canvas: Image, x: int, y: int) -> Image:
+    out = canvas.copy()
+    out[y : y + photo.shape[0], x : x + photo.shape[1]] = photo
+    return out
+
+
+def desktop_viewer(photo: Image) -> tuple[Image, tuple[int, int, int, int]]:
+    """A photo in a viewer window on a desktop: background, title bar, toolbar, task bar."""
+    screen = np.full((1080, 1920, 3), (58, 110, 165), np.uint8)
+    cv2.rectangle(screen, (120, 60), (1800, 1000), (40, 40, 40), -1)
+    cv2.rectangle(screen, (120, 60), (1800, 100), (225, 225, 225), -1)
+    cv2.putText(screen, "IMG_0001.JPG", (140, 88), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (30, 30, 30), 2)
+    cv2.rectangle(screen, (0, 1032), (1920, 1080), (30, 30, 30), -1)
+    scale = 820 / photo.shape[0]
+    inner = np.asarray(cv2.resize(photo, (round(photo.shape[1] * scale), 820)), np.uint8)
+    x = (1920 - inner.shape[1]) // 2
+    return framed(inner, screen, x, 130), (x, 130, x + inner.shape[1], 130 + 820)
+
+
+def letterboxed(photo: Image) -> tuple[Image, tuple[int, int, int, int]]:
+    h, w = photo.shape[:2]
+    width = round(h * 16 / 9)
+    x = (width - w) // 2
+    return framed(photo, np.zeros((h, width, 3), np.uint8), x, 0), (x, 0, x + w, h)
+
+
+@pytest.mark.parametrize("make", [desktop_viewer, letterboxed], ids=["viewer", "letterbox"])
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "rocket"])
+def test_the_photo_inside_a_frame_is_found(make: object, name: str) -> None:
+    photo = getattr(data, name)()
+    if photo.shape[1] / photo.shape[0] > 1.5:  # too wide to letterbox visibly
+        pytest.skip("already wide")
+    full, truth = make(photo)  # type: ignore[operator]
+    image = to_working_size(full)
+    scale = image.shape[1] / full.shape[1]
+    box = photo_box(image)
+    assert box is not None
+    # Within a few working-size pixels of the truth on every side.
+    assert np.allclose(np.array(box), np.array(truth) * scale, atol=4), (box, truth)
+
+
+@pytest.mark.parametrize(
+    "name", ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry"]
+)
+def test_an_ordinary_photo_has_no_frame(name: str) -> None:
+    image = to_working_size(getattr(data, name)())
+    assert photo_box(image) is None
+    assert photo_inside(image) is None
+
+
+def test_flat_and_tiny_images_have_no_frame() -> None:
+    assert photo_box(np.full((300, 400, 3), 128, np.uint8)) is None
+    assert photo_box(np.zeros((20, 20, 3), np.uint8)) is None
