@@ -44,7 +44,7 @@ log = structlog.get_logger(__name__)
 # original's (the common pHash default); verification decides, so generous is safe.
 HASH_CANDIDATE_DISTANCE = 10
 # A hash match this close goes to verification whatever its embedding similarity.
-HASH_VERIFY_DISTANCE = 8
+HASH_VERIFY_DISTANCE = 6
 # Verification costs a decode of the known file; the closest few candidates are enough.
 MAX_VERIFIED_CANDIDATES = 3
 # The file whose decision to quarantine is recorded but not yet carried out. Written in the
@@ -395,10 +395,17 @@ class Pipeline:
         self, fingerprint: Fingerprint, file: FileBytes, known: FileRecord | None
     ) -> list[_Pair]:
         pairs: dict[int, _Pair] = {}
-        for neighbour in self._index.search(fingerprint.vector, self._config.index.neighbours):
-            record = self._store.file(neighbour.file_id)
-            if record is not None:
-                pairs[record.id] = _Pair(record, neighbour.similarity)
+        queries = [fingerprint.vector]
+        if fingerprint.framed_vector is not None:
+            queries.append(fingerprint.framed_vector)  # the photo inside a screenshot's frame
+        for query in queries:
+            for neighbour in self._index.search(query, self._config.index.neighbours):
+                seen = pairs.get(neighbour.file_id)
+                if seen is not None and seen.similarity >= neighbour.similarity:
+                    continue
+                record = self._store.file(neighbour.file_id)
+                if record is not None:
+                    pairs[record.id] = _Pair(record, neighbour.similarity)
         oriented: dict[int, NDArray[np.float32]] = {}
         for match in self._hashes.near(fingerprint.dihedral_hashes, HASH_CANDIDATE_DISTANCE):
             pair = pairs.get(match.file_id)
@@ -432,7 +439,12 @@ class Pipeline:
             **_meta_facts(fingerprint.meta),
         )
         threshold = self._config.policy.candidate_threshold
-        for pair in [p for p in usable if _proposed(p, threshold)][:MAX_VERIFIED_CANDIDATES]:
+        # Near hashes first: a layout this close is the likeliest copy, however the colours
+        # moved the embedding (a grayscale copy can sit below several look-alikes).
+        proposed = sorted(
+            (p for p in usable if _proposed(p, threshold)), key=lambda p: not _hash_near(p)
+        )
+        for pair in proposed[:MAX_VERIFIED_CANDIDATES]:
             self._verify(pair, fingerprint)
             # One confirmed original is enough; a vetoed one (a burst neighbour) is not.
             if pair.verified and not camera_times_differ(new_facts, _facts(pair.record, pair.meta)):
