@@ -16,10 +16,11 @@ Two steps:
              on a split (calibrated on half of the originals, reported on the other half).
 
 The replay is exact for settings inside the collected net (a candidate threshold at or above
-the one collected, a pHash reach up to it, no more verified candidates) with one exception:
-when the net's first confirmed original falls outside a stricter setting, the candidates after
-it were never verified. The replay counts those as not confirmed and reports how many files
-that touched ("unknown" below); a wider net (the COLLECT_* constants) removes them.
+the one collected, no more verified candidates, the shipped pHash reach for verification) with
+one exception: when the net's first confirmed original falls outside a stricter setting, the
+candidates after it were never verified. The replay counts those as not confirmed and reports
+how many files that touched ("unknown" below); other pHash reaches reorder verification and
+show more of them. A wider net (the COLLECT_* constants) removes them.
 
 Usage:
     python bench/calibrate.py collect bench/.cache/accuracy-set --out signals.jsonl
@@ -49,7 +50,7 @@ from generate import Label, read_labels
 # The net cast by ``collect``: candidates at or above this similarity or with a pHash within
 # this distance are verified in order of similarity until one is confirmed (as the pipeline
 # does), at most this many. Wider nets cost a verification per look-alike in the library.
-COLLECT_THRESHOLD = 0.6
+COLLECT_THRESHOLD = 0.5
 COLLECT_VERIFIED = 10
 COLLECT_HASH_DISTANCE = 12
 
@@ -72,8 +73,9 @@ def collect(set_dir: Path, out: Path, config_path: Path | None) -> None:
     )
     config = dataclasses.replace(config, policy=wide)
     pipeline.MAX_VERIFIED_CANDIDATES = COLLECT_VERIFIED
+    # Hash matches are gathered from further out; which of them are verified (first) stays
+    # as shipped, so the order of verification is the pipeline's.
     pipeline.HASH_CANDIDATE_DISTANCE = COLLECT_HASH_DISTANCE
-    pipeline.HASH_VERIFY_DISTANCE = COLLECT_HASH_DISTANCE
 
     events = io.StringIO()
     configure_logging("debug", "json", stream=events)
@@ -146,11 +148,13 @@ class Setting:
     candidate_threshold: float
     verified: int  # MAX_VERIFIED_CANDIDATES
     hash_distance: int  # verify a pHash match this close whatever its similarity; -1 = never
+    hash_first: bool = True  # hash-near candidates are verified before the others
     similar_threshold: float = 0.90
 
     def label(self) -> str:
         hd = "off" if self.hash_distance < 0 else str(self.hash_distance)
-        return f"t={self.candidate_threshold:.2f} n={self.verified} hash<={hd}"
+        first = " hash first" if self.hash_first and self.hash_distance >= 0 else ""
+        return f"t={self.candidate_threshold:.2f} n={self.verified} hash<={hd}{first}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +162,16 @@ class Outcome:
     tier: str  # exact, duplicate, similar, unique
     match: str | None
     loss: str | None = None  # for a copy not found: why
+    verifications: int = 0
+
+
+def _hash_near(c: dict[str, Any], s: Setting) -> bool:
+    hd = c.get("hash_distance")
+    return hd is not None and s.hash_distance >= 0 and hd <= s.hash_distance
 
 
 def _proposed(c: dict[str, Any], s: Setting) -> bool:
-    if c["similarity"] >= s.candidate_threshold:
-        return True
-    hd = c.get("hash_distance")
-    return hd is not None and s.hash_distance >= 0 and hd <= s.hash_distance
+    return c["similarity"] >= s.candidate_threshold or _hash_near(c, s)
 
 
 def replay(row: dict[str, Any], s: Setting, is_true: Any = None) -> Outcome:
@@ -173,12 +180,14 @@ def replay(row: dict[str, Any], s: Setting, is_true: Any = None) -> Outcome:
         return Outcome(row["tier"], row["duplicate_of"])
     cands = row["candidates"]
     eligible = [c for c in cands if _proposed(c, s)]
+    if s.hash_first:
+        eligible.sort(key=lambda c: not _hash_near(c, s))  # stable: by similarity within each
     unknown = False
-    for c in eligible[: s.verified]:
+    for n, c in enumerate(eligible[: s.verified], 1):
         if c["verified"] is None:
             unknown = True  # never verified while collecting: counted as not confirmed
         elif c["verified"]:
-            return Outcome("duplicate", c["candidate"])
+            return Outcome("duplicate", c["candidate"], verifications=n)
     top = cands[0] if cands else None
     tier = "similar" if top and top["similarity"] >= s.similar_threshold else "unique"
     loss = "unknown" if unknown else None
@@ -193,7 +202,7 @@ def replay(row: dict[str, Any], s: Setting, is_true: Any = None) -> Outcome:
         else:
             reasons = {c["reason"] for c in true if c in eligible[: s.verified]}
             loss = "c_rejected:" + "/".join(sorted(r or "?" for r in reasons))
-    return Outcome(tier, top["candidate"] if top else None, loss)
+    return Outcome(tier, top["candidate"] if top else None, loss, min(len(eligible), s.verified))
 
 
 @dataclass(slots=True)
@@ -202,6 +211,8 @@ class Tally:
     correct: int = 0
     hardneg: int = 0
     unknown: int = 0  # files whose decision needed a verdict never collected
+    files: int = 0
+    verifications: int = 0
     positives: Counter[str] = dataclasses.field(default_factory=Counter)
     hits: Counter[str] = dataclasses.field(default_factory=Counter)
     losses: dict[str, Counter[str]] = dataclasses.field(
@@ -232,6 +243,8 @@ def evaluate(rows: list[dict[str, Any]], labels: dict[str, Label], s: Setting) -
 
         out = replay(row, s, is_true if copy else None)
         tally.unknown += out.loss == "unknown"
+        tally.files += 1
+        tally.verifications += out.verifications
         if copy:
             tally.positives[lab.transform] += 1
         if out.tier not in ("exact", "duplicate"):
@@ -266,22 +279,25 @@ def _subset(rows: list[dict[str, Any]], labels: dict[str, Label], half: int) -> 
 
 
 def grid() -> list[Setting]:
-    thresholds = [0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
+    thresholds = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
     return [
-        Setting(t, n, hd)
-        for t, n, hd in itertools.product(thresholds, [1, 2, 3, 5, 10], [-1, 4, 6, 8, 10, 12])
+        Setting(t, n, hd, first)
+        for t, n, hd, first in itertools.product(
+            thresholds, [1, 2, 3, 5, 10], [-1, 4, 6, 8, 10, 12], [False, True]
+        )
+        if hd >= 0 or not first
     ]
 
 
 def choose(rows: list[dict[str, Any]], labels: dict[str, Label]) -> tuple[Setting, Tally] | None:
-    """Precision first: no hard-negative pair, precision >= 0.999; then the most recall, then
-    the fewest verifications (a higher threshold, fewer candidates, a shorter hash reach)."""
+    """Precision first: no hard-negative pair, precision >= 0.999; then the most recall (to
+    0.001), then the fewest verifications per file, then the higher threshold."""
     best: tuple[tuple[float, ...], Setting, Tally] | None = None
     for s in grid():
         t = evaluate(rows, labels, s)
         if t.hardneg or t.precision() < 0.999:
             continue
-        key = (round(t.recall(), 4), s.candidate_threshold, -s.verified, -s.hash_distance)
+        key = (round(t.recall(), 3), -t.verifications / max(t.files, 1), s.candidate_threshold)
         if best is None or key > best[0]:
             best = (key, s, t)
     return None if best is None else (best[1], best[2])
@@ -291,14 +307,17 @@ def report(labels_path: Path, signals: Path, current: Setting) -> None:
     labels = {lab.file: lab for lab in read_labels(labels_path)}
     rows = [json.loads(line) for line in signals.read_text().splitlines() if line.strip()]
     print(f"{len(rows)} files, {sum(len(r['candidates']) for r in rows)} candidates\n")
-    print("| setting | precision | recall | predicted | false | hard-negative | unknown |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| setting | precision | recall | predicted | false | hard-negative | unknown"
+        " | verifications per file |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for s in grid():
         t = evaluate(rows, labels, s)
         false = t.predicted - t.correct
         print(
             f"| {s.label()} | {t.precision():.4f} | {t.recall():.4f} | {t.predicted} "
-            f"| {false} | {t.hardneg} | {t.unknown} |"
+            f"| {false} | {t.hardneg} | {t.unknown} | {t.verifications / max(t.files, 1):.2f} |"
         )
     picked = choose(rows, labels)
     shown = [("current", current)] + ([("chosen on all", picked[0])] if picked else [])

@@ -63,6 +63,29 @@ def grayscale(rgb: Image) -> Image:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+def letterbox(rgb: Image) -> Image:
+    """Black bars to 16:9, as a video editor or a TV export adds."""
+    h, w = rgb.shape[:2]
+    width = max(w, round(h * 16 / 9))
+    canvas = np.zeros((h, width, 3), np.uint8)
+    canvas[:, (width - w) // 2 : (width - w) // 2 + w] = rgb
+    return canvas
+
+
+def screenshot(rgb: Image) -> Image:
+    """The photo in a phone gallery: dark screen, status text, the photo, a row of buttons."""
+    w, h = 720, 1560
+    screen = np.full((h, w, 3), 18, np.uint8)
+    cv2.putText(screen, "9:41", (30, 50), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (230, 230, 230), 2)
+    cv2.putText(screen, "< IMG_2048", (30, 150), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (230, 230, 230), 2)
+    photo = resize(rgb, w / rgb.shape[1])
+    top = (h - photo.shape[0]) // 2
+    screen[top : top + photo.shape[0]] = photo
+    for k in range(4):
+        cv2.circle(screen, (90 + k * 180, h - 110), 26, (230, 230, 230), 3, cv2.LINE_AA)
+    return screen
+
+
 EDITS: dict[str, tuple[Callable[[Image], Image], str, int]] = {
     # name: (edit, file suffix, JPEG quality)
     "reencoded": (lambda rgb: rgb, ".jpg", 60),
@@ -70,6 +93,8 @@ EDITS: dict[str, tuple[Callable[[Image], Image], str, int]] = {
     "cropped": (lambda rgb: crop(rgb, 0.05), ".jpg", 90),
     "captioned": (caption, ".png", 0),
     "grayscale": (grayscale, ".jpg", 90),
+    "letterboxed": (letterbox, ".jpg", 90),
+    "screenshot": (screenshot, ".png", 0),
 }
 
 
