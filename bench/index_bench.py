@@ -17,7 +17,7 @@ their full vectors; optionally how many of the nearest shortlisted items are sea
 turn, with what search_k, adding how many neighbours each).
 
     python bench/index_bench.py --n 100000
-    python bench/index_bench.py --n 1000000 --builds 64:64:32 --searches 30000:24:24
+    python bench/index_bench.py --n 1000000 --per-band 2000 --searches 50000:400:24:4:4000:50
 """
 
 from __future__ import annotations
@@ -241,9 +241,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--per-band", type=int, default=300, help="planted copies per band")
     parser.add_argument("--real", type=int, default=250, help="cached photos to embed (0: none)")
-    parser.add_argument("--builds", default="64:64:32", help="projected_dim:tree_dim:trees,...")
+    parser.add_argument("--builds", default="64:32:32", help="projected_dim:tree_dim:trees,...")
     parser.add_argument(
-        "--searches", default="10000:24:24,30000:24:24", help="search_k:shortlist:candidates,..."
+        "--searches",
+        default="30000:24:24,30000:400:24:4:4000:50,50000:400:24:4:4000:50",
+        help="search_k:shortlist:candidates[:expand:expand_search_k:expand_shortlist],...",
     )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=1)
