@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "accuracy"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generate import Label, read_labels
 
@@ -51,6 +52,7 @@ from generate import Label, read_labels
 # this distance are verified in order of similarity until one is confirmed (as the pipeline
 # does), at most this many. Wider nets cost a verification per look-alike in the library.
 COLLECT_THRESHOLD = 0.5
+SECTION = "Calibration"
 COLLECT_VERIFIED = 10
 COLLECT_HASH_DISTANCE = 12
 
@@ -148,13 +150,11 @@ class Setting:
     candidate_threshold: float
     verified: int  # MAX_VERIFIED_CANDIDATES
     hash_distance: int  # verify a pHash match this close whatever its similarity; -1 = never
-    hash_first: bool = True  # hash-near candidates are verified before the others
     similar_threshold: float = 0.90
 
     def label(self) -> str:
         hd = "off" if self.hash_distance < 0 else str(self.hash_distance)
-        first = " hash first" if self.hash_first and self.hash_distance >= 0 else ""
-        return f"t={self.candidate_threshold:.2f} n={self.verified} hash<={hd}{first}"
+        return f"t={self.candidate_threshold:.2f} n={self.verified} hash<={hd}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +180,8 @@ def replay(row: dict[str, Any], s: Setting, is_true: Any = None) -> Outcome:
         return Outcome(row["tier"], row["duplicate_of"])
     cands = row["candidates"]
     eligible = [c for c in cands if _proposed(c, s)]
-    if s.hash_first:
-        eligible.sort(key=lambda c: not _hash_near(c, s))  # stable: by similarity within each
+    # As the pipeline: near hashes first, then by similarity (the sort is stable).
+    eligible.sort(key=lambda c: not _hash_near(c, s))
     unknown = False
     for n, c in enumerate(eligible[: s.verified], 1):
         if c["verified"] is None:
@@ -278,15 +278,13 @@ def _subset(rows: list[dict[str, Any]], labels: dict[str, Label], half: int) -> 
     return keep
 
 
+THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+VERIFIED = (1, 2, 3, 5, 10)
+HASH_REACH = (-1, 4, 6, 8, 10, 12)
+
+
 def grid() -> list[Setting]:
-    thresholds = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
-    return [
-        Setting(t, n, hd, first)
-        for t, n, hd, first in itertools.product(
-            thresholds, [1, 2, 3, 5, 10], [-1, 4, 6, 8, 10, 12], [False, True]
-        )
-        if hd >= 0 or not first
-    ]
+    return [Setting(*v) for v in itertools.product(THRESHOLDS, VERIFIED, HASH_REACH)]
 
 
 def choose(rows: list[dict[str, Any]], labels: dict[str, Label]) -> tuple[Setting, Tally] | None:
@@ -303,51 +301,104 @@ def choose(rows: list[dict[str, Any]], labels: dict[str, Label]) -> tuple[Settin
     return None if best is None else (best[1], best[2])
 
 
-def report(labels_path: Path, signals: Path, current: Setting) -> None:
+def _row(s: Setting, t: Tally) -> str:
+    return (
+        f"| {s.label()} | {t.precision():.4f} | {t.recall():.4f} | {t.predicted} "
+        f"| {t.predicted - t.correct} | {t.hardneg} | {t.unknown} "
+        f"| {t.verifications / max(t.files, 1):.2f} |"
+    )
+
+
+_HEADER = [
+    "| setting | pair precision | recall | predicted pairs | false pairs | hard-negative pairs"
+    " | unknown | verifications per file |",
+    "|---|---|---|---|---|---|---|---|",
+]
+
+
+def report(labels_path: Path, signals: Path, current: Setting, *, full: bool) -> list[str]:
+    """The report as markdown lines; ``full`` adds every setting of the grid."""
     labels = {lab.file: lab for lab in read_labels(labels_path)}
     rows = [json.loads(line) for line in signals.read_text().splitlines() if line.strip()]
-    print(f"{len(rows)} files, {sum(len(r['candidates']) for r in rows)} candidates\n")
-    print(
-        "| setting | precision | recall | predicted | false | hard-negative | unknown"
-        " | verifications per file |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for s in grid():
-        t = evaluate(rows, labels, s)
-        false = t.predicted - t.correct
-        print(
-            f"| {s.label()} | {t.precision():.4f} | {t.recall():.4f} | {t.predicted} "
-            f"| {false} | {t.hardneg} | {t.unknown} | {t.verifications / max(t.files, 1):.2f} |"
-        )
+    out = [
+        f"{len(rows)} files, {sum(len(r['candidates']) for r in rows)} candidates examined."
+        " Unknown: files whose decision under that setting needs a verdict the collection"
+        " never made (counted as not confirmed).",
+        "",
+        f"Candidate threshold, at {current.verified} verified candidates and pHash reach"
+        f" {current.hash_distance}:",
+        "",
+        *_HEADER,
+    ]
+    for threshold in THRESHOLDS:
+        s = dataclasses.replace(current, candidate_threshold=threshold)
+        out.append(_row(s, evaluate(rows, labels, s)))
+    out += ["", "Verified candidates and pHash reach, at the shipped threshold:", "", *_HEADER]
+    for n, hd in itertools.product(VERIFIED, HASH_REACH):
+        s = dataclasses.replace(current, verified=n, hash_distance=hd)
+        out.append(_row(s, evaluate(rows, labels, s)))
+    if full:
+        out += ["", "Every setting:", "", *_HEADER]
+        out += [_row(s, evaluate(rows, labels, s)) for s in grid()]
+    t = evaluate(rows, labels, current)
+    out += [
+        "",
+        f"Shipped setting {current.label()}: pair precision {t.precision():.4f}, recall"
+        f" {t.recall():.4f}, hard-negative pairs {t.hardneg}. Where missed copies are lost"
+        " (a: the original is not among the candidates; b: below the threshold and not a"
+        " near hash; c: verified and rejected, with the reason; d: beyond the verified"
+        " candidates; e: another file was confirmed first):",
+        "",
+        "| transform | recall | misses |",
+        "|---|---|---|",
+    ]
+    for transform in sorted(t.positives):
+        losses = ", ".join(f"{k} {v}" for k, v in t.losses[transform].most_common())
+        out.append(f"| {transform} | {t.recall(transform):.3f} | {losses} |")
     picked = choose(rows, labels)
-    shown = [("current", current)] + ([("chosen on all", picked[0])] if picked else [])
+    out.append("")
     if picked is None:
-        print("\nno setting meets precision >= 0.999 without a hard-negative pair")
-    for name, s in shown:
-        t = evaluate(rows, labels, s)
-        print(
-            f"\n{name}: {s.label()}: precision {t.precision():.4f} recall {t.recall():.4f}"
-            f" hard-negative pairs {t.hardneg}"
+        out.append("No setting of the grid meets precision >= 0.999 without a hard-negative pair.")
+    else:
+        s, best = picked
+        out.append(
+            f"Best setting of the grid on all files (precision >= 0.999, no hard-negative pair,"
+            f" then recall, then fewest verifications): {s.label()}, recall {best.recall():.4f},"
+            f" {best.verifications / max(best.files, 1):.2f} verifications per file."
         )
-        print("| transform | recall | where the misses are lost |")
-        print("|---|---|---|")
-        for transform in sorted(t.positives):
-            losses = ", ".join(f"{k} {v}" for k, v in t.losses[transform].most_common())
-            print(f"| {transform} | {t.recall(transform):.3f} | {losses} |")
-    print("\nsplit check (calibrate on one half of the originals, report on the other):")
+    out += ["", "Split check (chosen on one half of the originals, scored on the other):", ""]
     for half in (0, 1):
         fit_rows, test_rows = _subset(rows, labels, half), _subset(rows, labels, 1 - half)
-        picked = choose(fit_rows, labels)
-        if picked is None:
-            print(f"  half {half}: no setting meets the precision rule")
-            continue
-        s, fit = picked
-        test = evaluate(test_rows, labels, s)
-        print(
-            f"  fit on half {half}: {s.label()} (fit recall {fit.recall():.4f}); other half: "
-            f"precision {test.precision():.4f} recall {test.recall():.4f}"
-            f" hard-negative pairs {test.hardneg}"
+        fitted = choose(fit_rows, labels)
+        shipped = evaluate(test_rows, labels, current)
+        line = (
+            f"- half {1 - half}: shipped setting precision {shipped.precision():.4f},"
+            f" recall {shipped.recall():.4f}, hard-negative pairs {shipped.hardneg}"
         )
+        if fitted is not None:
+            s, fit = fitted
+            test = evaluate(test_rows, labels, s)
+            line += (
+                f"; best on half {half} ({s.label()}, recall there {fit.recall():.4f}):"
+                f" precision {test.precision():.4f}, recall {test.recall():.4f},"
+                f" hard-negative pairs {test.hardneg}"
+            )
+        out.append(line)
+    return out
+
+
+def shipped() -> Setting:
+    """The candidate rule as shipped: config defaults and the pipeline's constants."""
+    from dupwatch import pipeline
+    from dupwatch.config import PolicyConfig
+
+    policy = PolicyConfig()
+    return Setting(
+        policy.candidate_threshold,
+        pipeline.MAX_VERIFIED_CANDIDATES,
+        pipeline.HASH_VERIFY_DISTANCE,
+        policy.similar_threshold,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,16 +411,38 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="precision/recall per setting from saved signals")
     r.add_argument("labels", type=Path)
     r.add_argument("signals", type=Path)
-    r.add_argument("--threshold", type=float, default=0.80, help="current candidate_threshold")
-    r.add_argument("--verified", type=int, default=3, help="current verified candidates")
-    r.add_argument("--hash-distance", type=int, default=-1, help="current hash route, -1 none")
+    r.add_argument("--threshold", type=float, help="candidate_threshold (default: shipped)")
+    r.add_argument("--verified", type=int, help="verified candidates (default: shipped)")
+    r.add_argument("--hash-distance", type=int, help="pHash reach, -1 for none (default: shipped)")
+    r.add_argument("--all", action="store_true", help="also print every setting of the grid")
+    r.add_argument("--write", action="store_true", help="rewrite bench/RESULTS.md's section")
     args = parser.parse_args(argv)
     if args.command == "collect":
         collect(args.set_dir, args.out, args.config)
-    else:
-        report(
-            args.labels, args.signals, Setting(args.threshold, args.verified, args.hash_distance)
-        )
+        return 0
+    current = shipped()
+    current = Setting(
+        current.candidate_threshold if args.threshold is None else args.threshold,
+        current.verified if args.verified is None else args.verified,
+        current.hash_distance if args.hash_distance is None else args.hash_distance,
+        current.similar_threshold,
+    )
+    lines = report(args.labels, args.signals, current, full=args.all)
+    print("\n".join(lines))
+    if args.write:
+        from results import write_section
+
+        body = [
+            f"## {SECTION}",
+            "",
+            f"Run by `python bench/calibrate.py collect` + `report --write` on"
+            f" {time.strftime('%Y-%m-%d')}, on the accuracy set (see Accuracy). Each setting is"
+            " a replay of the pipeline's candidate rule on signals collected once with a wide"
+            " net by the real pipeline; every verdict comes from the real verification.",
+            "",
+            *lines,
+        ]
+        write_section(SECTION, "\n".join(body))
     return 0
 
 

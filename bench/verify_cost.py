@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import resource
 import sys
 import tempfile
@@ -82,15 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--limit", type=int, default=0, help="scan at most N files per folder")
+    parser.add_argument("--write", action="store_true", help="rewrite bench/RESULTS.md's section")
     args = parser.parse_args(argv)
     configure_logging("warning", "console", stream=sys.stderr)
     config = Config()
     path_filter = PathFilter(
         config.watch.include_extensions, config.watch.ignore, config.quarantine.dir_name
     )
-    print("| folder | files | verification | verifications | images/s (wall) |"
-          " images per CPU-second | ratio on/off (CPU) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    lines = [
+        "| folder | files | verification | verifications | images/s (wall) |"
+        " images per CPU-second | on/off (CPU) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines), flush=True)
     for folder in args.folders:
         folder = folder.resolve()
         files = sorted(p for p, _ in walk_files(folder, path_filter, start=folder))
@@ -100,11 +105,28 @@ def main(argv: list[str] | None = None) -> int:
         on = scan(folder, files, verify=True)
         for label, r in (("off", off), ("on", on)):
             ratio = (r["files"] / r["cpu"]) / (off["files"] / off["cpu"])
-            print(
+            lines.append(
                 f"| {folder.name} | {r['files']:.0f} | {label} | {r['verified']:.0f} "
-                f"| {r['files'] / r['wall']:.1f} | {r['files'] / r['cpu']:.1f} | {ratio:.2f} |",
-                flush=True,
+                f"| {r['files'] / r['wall']:.1f} | {r['files'] / r['cpu']:.1f} | {ratio:.2f} |"
             )
+            print(lines[-1], flush=True)
+    if args.write:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from results import write_section
+
+        body = [
+            "## Verification cost",
+            "",
+            f"Run by `python bench/verify_cost.py {' '.join(str(f) for f in args.folders)}"
+            f"{f' --limit {args.limit}' if args.limit else ''}` on {time.strftime('%Y-%m-%d')}"
+            f" ({platform.machine()}, 2 cores shared with other work: wall figures are"
+            " pessimistic; CPU figures count this process and its analysis worker). Each folder"
+            " is scanned in dry-run mode from a fresh state directory, once with no candidate"
+            " verified and once as shipped; the first file warms up and is not counted.",
+            "",
+            *lines,
+        ]
+        write_section("Verification cost", "\n".join(body))
     return 0
 
 
