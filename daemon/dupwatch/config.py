@@ -100,8 +100,10 @@ class IndexConfig:
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     # Embedding cosine similarity at or above which a neighbour is a candidate duplicate,
-    # sent to verification; below it, at or above similar_threshold, the file is "similar".
-    candidate_threshold: float = 0.80
+    # sent to verification (which decides); a file that is not a verified copy but at least
+    # similar_threshold close to a known photo is "similar". Calibrated with bench/calibrate.py:
+    # screenshots, letterboxed and cropped copies sit between 0.6 and 0.8.
+    candidate_threshold: float = 0.70
     similar_threshold: float = 0.90
     # Which copy stays: "best" (more pixels, richer format, larger file, more EXIF, older) or
     # "first-seen" (the one already in the library).
