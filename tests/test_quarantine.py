@@ -907,7 +907,7 @@ def test_recover_summarises_entries_whose_file_is_gone(
     with capture_logs() as logs:
         assert q.recover() == []
     (summary,) = [e for e in logs if e["event"] == "quarantine_entries_without_file"]
-    assert summary["log_level"] == "info"
+    assert summary["log_level"] == "warning"
     assert summary["count"] == 3
 
 

@@ -64,6 +64,23 @@ class _JournalJSONRenderer:
         return f"<{_SYSLOG_PRIORITY.get(level, 6)}>{line}"
 
 
+class _StdStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout`` or ``sys.stderr`` is at the time of each record."""
+
+    def __init__(self, name: str) -> None:
+        self._std_name = name
+        super().__init__()
+
+    @property
+    def stream(self) -> TextIO:
+        stream: TextIO = getattr(sys, self._std_name)
+        return stream
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass  # the stream is looked up on every write
+
+
 def under_systemd() -> bool:
     """True when stdout goes to the journal (systemd sets JOURNAL_STREAM for the service)."""
     return "JOURNAL_STREAM" in os.environ or "INVOCATION_ID" in os.environ
@@ -78,6 +95,13 @@ def configure_logging(
     key=value console format on a terminal.
     """
     out = stream if stream is not None else sys.stdout
+    if stream is sys.stdout or stream is sys.stderr:
+        # Follow the interpreter's stream rather than hold today's object, which a test
+        # harness or a daemoniser may close and replace.
+        stream = None
+        std_name = "stderr" if out is sys.stderr else "stdout"
+    else:
+        std_name = "stdout"
     if fmt == "auto":
         fmt = "console" if out.isatty() else "json"
 
@@ -105,7 +129,9 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
 
-    handler = logging.StreamHandler(out)
+    handler: logging.Handler = (
+        logging.StreamHandler(stream) if stream is not None else _StdStreamHandler(std_name)
+    )
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
