@@ -9,15 +9,16 @@ tail), grouped in clusters like bursts and events. Near-duplicates are planted a
 The index runs in a child process, as the daemon would (its peak RSS is the figure to read);
 the parent holds every vector for the exact-search reference.
 
-A build is ``projected_dim:tree_dim:trees`` (PCA dimensions kept in the snapshot, leading
-dimensions the Annoy trees split on, number of trees); a search is
+A build is ``projected_dim:tree_dim:trees[:whiten]`` (PCA dimensions kept in the snapshot,
+leading dimensions the Annoy trees split on, number of trees, the power of each dimension's
+spread it is divided by in the trees); a search is
 ``search_k:shortlist:candidates[:expand:expand_search_k:expand_shortlist]`` (tree-node items
 Annoy inspects, items it returns to be re-ranked in the projection, candidates re-scored with
 their full vectors; optionally how many of the nearest shortlisted items are searched from in
 turn, with what search_k, adding how many neighbours each).
 
     python bench/index_bench.py --n 100000
-    python bench/index_bench.py --n 1000000 --per-band 2000 --searches 50000:400:24:4:4000:50
+    python bench/index_bench.py --n 1000000 --per-band 2000 --searches 20000:400:24:4:5000:50
 """
 
 from __future__ import annotations
@@ -171,13 +172,14 @@ def child(args: argparse.Namespace) -> None:
     from dupwatch.store import Store
 
     configure_logging("warning")
-    d, tree_dim, trees = (int(x) for x in args.build.split(":"))
+    d, tree_dim, trees, *whiten = args.build.split(":")
     queries = np.load(args.queries)
     store = Store.open(Path(args.db))
     settings = IndexSettings(
-        projected_dim=d,
-        tree_dim=tree_dim,
-        trees=trees,
+        projected_dim=int(d),
+        tree_dim=int(tree_dim),
+        trees=int(trees),
+        whiten=float(whiten[0]) if whiten else IndexSettings().whiten,
         # The buffer phase fills the buffer past the usual threshold; no rebuild may start.
         rebuild_buffer_size=max(10_000, args.buffer + 1),
         rebuild_max_age=1e9,
@@ -241,10 +243,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--per-band", type=int, default=300, help="planted copies per band")
     parser.add_argument("--real", type=int, default=250, help="cached photos to embed (0: none)")
-    parser.add_argument("--builds", default="64:32:32", help="projected_dim:tree_dim:trees,...")
+    parser.add_argument(
+        "--builds", default="64:32:32:0.5", help="projected_dim:tree_dim:trees[:whiten],..."
+    )
     parser.add_argument(
         "--searches",
-        default="30000:24:24,30000:400:24:4:4000:50,50000:400:24:4:4000:50",
+        default="20000:400:24,20000:400:24:4:5000:50,30000:400:24:4:5000:50",
         help="search_k:shortlist:candidates[:expand:expand_search_k:expand_shortlist],...",
     )
     parser.add_argument("--workdir", type=Path, default=None)

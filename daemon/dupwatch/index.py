@@ -42,12 +42,13 @@ class IndexSettings:
     """Search and rebuild parameters; the defaults were chosen by bench/index_bench.py."""
 
     projected_dim: int = 64  # PCA dimensions kept in the snapshot (re-ranking the shortlist)
-    tree_dim: int = 32  # leading projected dimensions the Annoy trees split on
+    tree_dim: int = 32  # leading projected dimensions the Annoy trees split on...
+    whiten: float = 0.5  # ...each divided by its spread to this power (see snapshot.py)
     trees: int = 32
-    search_k: int = 50_000  # Annoy tree-node items inspected per query
+    search_k: int = 20_000  # Annoy tree-node items inspected per query
     shortlist: int = 400  # items Annoy returns, re-ranked in all projected dimensions...
     expand: int = 4  # ...the nearest of which are searched from in turn (see snapshot.py)...
-    expand_search_k: int = 4000  # ...each inspecting this many items...
+    expand_search_k: int = 5000  # ...each inspecting this many items...
     expand_shortlist: int = 50  # ...and adding this many neighbours to the shortlist...
     candidates: int = 24  # ...of which these are re-scored with their full vectors
     buffer_exact: int = 1024  # a buffer up to this size is scanned in full...
@@ -293,6 +294,7 @@ class VectorIndex:
         sample_ids = rng.choice(ids, size=min(self.settings.pca_sample, len(ids)), replace=False)
         sample = self._store.vectors_for(sample_ids.tolist(), self._model_id).vectors
         projection = Projection.fit(sample, self.settings.projected_dim)
+        spread = np.asarray(projection.apply(sample).std(axis=0), dtype=np.float32)
         files = write_snapshot(
             self._directory,
             model_id=self._model_id,
@@ -300,7 +302,10 @@ class VectorIndex:
             projection=projection,
             # Small pages keep each read short, so searches sharing the store barely wait.
             batches=self._store.iter_vectors(self._model_id, upto_seq=upto, batch_size=2000),
-            tree_settings=TreeSettings(self.settings.trees, self.settings.tree_dim),
+            tree_settings=TreeSettings(
+                self.settings.trees, self.settings.tree_dim, self.settings.whiten
+            ),
+            spread=spread,
         )
         snapshot = Snapshot.load(files)
         with self._lock:

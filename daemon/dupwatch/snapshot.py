@@ -6,10 +6,17 @@ projection only shrinks distances between vectors (it is orthogonal), so a true 
 stays near.
 
 A search is three narrowing steps. The trees cover only the leading ``tree_dim`` dimensions of
-the projection, where random splits separate a near-duplicate from its original least often,
-and Annoy returns a long shortlist of items near the query there. The snapshot keeps every
-item's projected vector (float16) in memory and re-ranks that shortlist in all the projected
-dimensions; the index then re-scores the few best with their full vectors from the store.
+the projection, each scaled towards unit spread, and Annoy returns a long shortlist of items
+near the query there. The snapshot keeps every item's projected vector (float16) in memory and
+re-ranks that shortlist in all the projected dimensions; the index then re-scores the few best
+with their full vectors from the store.
+
+Why scale the trees' dimensions: PCA leaves most of the spread in the first few dimensions, so
+Annoy's splits would cut almost only along those, many times over, and a near-duplicate's
+difference from its original lies largely there too: the trees kept splitting such pairs
+apart. Dividing each dimension by a power of its spread (``whiten``) spreads the splits over
+all of them. On the benchmark's library (bench/RESULTS.md, "Index") this found every planted
+copy at cosine 0.90 and 0.95 at 1M vectors, where unscaled trees missed 2-3 % at 0.90.
 
 A snapshot is two files named by the last vector seq it holds: ``snapshot-<seq>.npz`` (file
 ids, projection, projected vectors, settings) and ``snapshot-<seq>.ann``. Both are written
@@ -87,10 +94,15 @@ class SnapshotFiles:
 
 @dataclass(frozen=True, slots=True)
 class TreeSettings:
-    """How the Annoy trees are built: how many, over how many leading projected dimensions."""
+    """How the Annoy trees are built: how many, over how many leading projected dimensions.
+
+    Each of those dimensions is divided by its spread to the power ``whiten`` (0: as projected,
+    1: unit spread) before the trees see it.
+    """
 
     trees: int
     tree_dim: int
+    whiten: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +159,13 @@ class Snapshot:
         file_ids: NDArray[np.int64],
         projection: Projection,
         projected: NDArray[np.float16],
+        tree_scale: NDArray[np.float32],
         model_id: str,
     ) -> None:
         self.files = files
         self.annoy = annoy
         self.tree_dim = int(annoy.f)
+        self.tree_scale = tree_scale
         self.file_ids = file_ids
         self.sorted_ids = np.sort(file_ids)
         self.projection = projection
@@ -184,7 +198,8 @@ class Snapshot:
         leaves with the original's other near neighbours, which the first search does find.
         """
         query = self.projection.apply(vector[None, :])[0]
-        items = self._annoy_nearest(query[: self.tree_dim], max(search.shortlist, n), search)
+        in_trees = query[: self.tree_dim] * self.tree_scale
+        items = self._annoy_nearest(in_trees, max(search.shortlist, n), search)
         if search.expand > 0 and len(items):
             pool = [items]
             for seed in self._nearest(items, query, search.expand).tolist():
@@ -221,16 +236,22 @@ class Snapshot:
             projection = Projection(meta["mean"], meta["basis"])
             file_ids = np.asarray(meta["file_ids"], dtype=np.int64)
             projected = np.asarray(meta["projected"], dtype=np.float16)
+            tree_scale = np.asarray(meta["tree_scale"], dtype=np.float32)
         tree_dim = int(settings["tree_dim"])
-        if projected.shape != (len(file_ids), projection.dim) or not 0 < tree_dim <= projection.dim:
-            raise ValueError(f"{files.meta}: projected vectors or tree_dim do not match")
+        if (
+            projected.shape != (len(file_ids), projection.dim)
+            or not 0 < tree_dim <= projection.dim
+            or tree_scale.shape != (tree_dim,)
+        ):
+            raise ValueError(f"{files.meta}: projected vectors or tree dimensions do not match")
         annoy = AnnoyIndex(tree_dim, METRIC)
         annoy.load(os.fspath(files.ann), prefault=False)  # mmap: pages load as searches touch them
         if annoy.get_n_items() != len(file_ids):
             raise ValueError(
                 f"{files.ann}: holds {annoy.get_n_items()} items, expected {len(file_ids)}"
             )
-        return cls(files, annoy, file_ids, projection, projected, str(settings["model_id"]))
+        model_id = str(settings["model_id"])
+        return cls(files, annoy, file_ids, projection, projected, tree_scale, model_id)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -249,13 +270,22 @@ def write_snapshot(
     projection: Projection,
     batches: Iterable[VectorBatch],
     tree_settings: TreeSettings,
+    spread: NDArray[np.float32],
 ) -> SnapshotFiles:
-    """Build a snapshot from ``batches`` (full vectors) and publish it atomically."""
+    """Build a snapshot from ``batches`` (full vectors) and publish it atomically.
+
+    ``spread`` is the standard deviation of each projected dimension over the library (a
+    sample of it will do); the trees' dimensions are scaled by it (see ``TreeSettings``).
+    """
     started = time.monotonic()
     files = snapshot_files(directory, upto_seq)
     tmp_ann = directory / f".{files.ann.name}.{os.getpid()}.tmp"
     tmp_meta = directory / f".{files.meta.name}.{os.getpid()}.tmp"
     tree_dim = min(tree_settings.tree_dim, projection.dim)
+    # A dimension with (nearly) no spread is left as it is rather than blown up.
+    spread_in_trees = np.asarray(spread[:tree_dim], dtype=np.float64)
+    spread_in_trees = np.where(spread_in_trees > 1e-6, spread_in_trees, 1.0)
+    tree_scale = np.asarray(spread_in_trees**-tree_settings.whiten, dtype=np.float32)
     annoy = AnnoyIndex(tree_dim, METRIC)
     # Built inside the file rather than in memory: the daemon's resident size stays small.
     annoy.on_disk_build(os.fspath(tmp_ann))
@@ -265,7 +295,7 @@ def write_snapshot(
     try:
         for batch in batches:
             projected = projection.apply(batch.vectors)
-            for row in projected[:, :tree_dim]:
+            for row in projected[:, :tree_dim] * tree_scale:
                 annoy.add_item(n, row.tolist())
                 n += 1
             ids.append(batch.file_ids)
@@ -281,6 +311,7 @@ def write_snapshot(
             "format": FORMAT,
             "trees": tree_settings.trees,
             "tree_dim": tree_dim,
+            "whiten": tree_settings.whiten,
             "metric": METRIC,
         }
         with tmp_meta.open("wb") as out:
@@ -290,6 +321,7 @@ def write_snapshot(
                 mean=projection.mean,
                 basis=projection.basis,
                 projected=matrix,
+                tree_scale=tree_scale,
                 settings=np.array(json.dumps(settings)),
             )
             out.flush()
