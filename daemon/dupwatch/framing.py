@@ -31,6 +31,9 @@ _INSET = 2
 _MIN_FLAT_SIDES = 0.4
 # ... and a frame inside a frame (a window on a screen) runs all round the photo.
 _MIN_FLAT_INNER = 0.6
+# A fill starts only from a frame colour: a grey level (give or take the fill range) found
+# along at least this share of the sides.
+_MIN_FRAME_COLOUR = 0.2
 # Frames nest (a screen background around a window around the photo): peel at most this many.
 _LAYERS = 3
 # The photo left after peeling must fill its box this well: it is a rectangle, though its
@@ -54,11 +57,20 @@ def _peel(grey: Image, flat: NDArray[np.bool_], box: Box) -> Box | None:
         x0, y0, x1, y1 = x0 + _INSET, y0 + _INSET, x1 - _INSET, y1 - _INSET
     if x1 - x0 < 16 or y1 - y0 < 16:
         return None
-    ring = np.concatenate(
-        [flat[y0, x0:x1], flat[y1 - 1, x0:x1], flat[y0:y1, x0], flat[y0:y1, x1 - 1]]
+    sides = (
+        (slice(y0, y0 + 1), slice(x0, x1)),
+        (slice(y1 - 1, y1), slice(x0, x1)),
+        (slice(y0, y1), slice(x0, x0 + 1)),
+        (slice(y0, y1), slice(x1 - 1, x1)),
     )
+    ring = np.concatenate([flat[side].ravel() for side in sides])
     if float(ring.mean()) < (_MIN_FLAT_SIDES if outer else _MIN_FLAT_INNER):
         return None  # textured all round: the photo itself, not a frame around it
+    # The frame's own colours: grey levels that run along a good part of the sides. A photo
+    # touching a side may be flat there too (a night sky), but only along a short stretch.
+    levels = np.concatenate([grey[side].ravel() for side in sides])[ring]
+    counts = np.convolve(np.bincount(levels, minlength=256), np.ones(2 * _FILL_RANGE + 1), "same")
+    frame_level = counts >= _MIN_FRAME_COLOUR * ring.size
     region = np.ascontiguousarray(grey[y0:y1, x0:x1])
     h, w = region.shape
     mask = np.zeros((h + 2, w + 2), np.uint8)
@@ -71,7 +83,7 @@ def _peel(grey: Image, flat: NDArray[np.bool_], box: Box) -> Box | None:
     ]
     filled_any = False
     for x, y in seeds:
-        if mask[y + 1, x + 1] or not flat[y0 + y, x0 + x]:
+        if mask[y + 1, x + 1] or not flat[y0 + y, x0 + x] or not frame_level[region[y, x]]:
             continue
         cv2.floodFill(region, mask, (x, y), 0, _FILL_RANGE, _FILL_RANGE, flags)
         filled_any = True

@@ -146,9 +146,17 @@ def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], 
 def _verify_known(
     pixels: NDArray[np.uint8], path: Path, decode: DecodeConfig
 ) -> tuple[Any, PhotoMeta]:
+    from dupwatch.framing import photo_inside
     from dupwatch.verify import verify
 
     known_pixels, meta = _decode_known(path, decode)
+    # A photo inside a frame (a screenshot) is compared as itself first: a whole-frame match
+    # is cheaper and surer than finding it within its frame by features.
+    inner = photo_inside(pixels)
+    if inner is not None:
+        framed = verify(inner, known_pixels)
+        if framed.same:
+            return framed, meta
     return verify(pixels, known_pixels), meta
 
 
