@@ -46,6 +46,8 @@ class AgreementParams:
     texture_tolerance: float  # residual allowed in addition, as a share of the local texture
     band_disagreement: float  # an edge row or column of blocks this disagreeing is a band
     max_band_fraction: float  # at most this much of each axis is trimmed as bands
+    # Below this containment the pair cannot pass, so its blocks are not measured (0: always).
+    min_containment: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,8 @@ def compare(
     shared = (x1 - x0) * (y1 - y0)
     overlap_a = min(1.0, shared / max(float((ax1 - ax0) * (ay1 - ay0)), 1.0))
     overlap_b = min(1.0, shared / max((mx1 - mx0) * (my1 - my0), 1.0))
+    if max(overlap_a, overlap_b) < params.min_containment:
+        return None, overlap_a, overlap_b  # two framings of a scene: nothing more to learn
 
     # Comparison grid over the overlap rectangle, no finer than either image's own pixels.
     long_side = max(x1 - x0, y1 - y0)

@@ -20,6 +20,7 @@ turns one measured candidate into a decision under a ``VerifyThresholds``; ``ver
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -153,10 +154,10 @@ def decide(candidate: Candidate, thresholds: VerifyThresholds) -> tuple[bool, st
             return False, "too_few_inliers"
         if al.angle_error > thresholds.max_angle_error:
             return False, "not_a_quarter_turn"
+    if ag.containment < thresholds.min_containment:
+        return False, "partial_overlap" if ag.containment > 0 else "no_overlap"
     if ag.blocks == 0:
         return False, "no_overlap"
-    if ag.containment < thresholds.min_containment:
-        return False, "partial_overlap"
     if ag.core_fraction < thresholds.min_core_fraction:
         return False, "content_differs"
     if ag.disagreeing > thresholds.max_disagreeing:
@@ -183,6 +184,9 @@ def measure(
     ORB on mirrored ``b`` (ORB is rotation- but not mirror-invariant).
     """
     params = thresholds.agreement_params()
+    if not exhaustive:
+        # A pair one of whose images does not hold the other fails whatever its blocks say.
+        params = dataclasses.replace(params, min_containment=thresholds.min_containment)
     tried: list[Candidate] = []
 
     def attempt(alignment: Alignment) -> bool:
