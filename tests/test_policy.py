@@ -143,3 +143,14 @@ def test_raising_thresholds_never_turns_a_unique_file_into_a_duplicate(
     pair = [candidate(similarity=similarity, verified=verified)]
     if decide(facts(), pair, loose).tier is not Tier.DUPLICATE:
         assert decide(facts(), pair, strict).tier is not Tier.DUPLICATE
+
+
+def test_a_verified_near_hash_is_a_duplicate_whatever_its_similarity() -> None:
+    # A grayscale copy: its embedding moved below the threshold, its pHash did not.
+    low = POLICY.candidate_threshold - 0.2
+    found = decide(facts(), [candidate(similarity=low, hash_near=True)], POLICY)
+    assert (found.tier, found.rule) == (Tier.DUPLICATE, "verified")
+    unverified = candidate(similarity=low, hash_near=True, verified=False)
+    assert decide(facts(), [unverified], POLICY).tier is not Tier.DUPLICATE
+    far = decide(facts(), [candidate(similarity=low, hash_near=False)], POLICY)
+    assert far.tier is not Tier.DUPLICATE
