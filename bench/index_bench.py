@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -201,6 +202,11 @@ def child(args: argparse.Namespace) -> None:
             for file_id, vector in zip(batch.file_ids.tolist(), batch.vectors, strict=True):
                 index.add(file_id, vector)
         assert index.stats().buffer_items == args.buffer and not index.stats().rebuilding
+    if args.rebuild:
+        # The searches below then run while a new snapshot is built beside the loaded one, as
+        # in the daemon; the peak RSS of this phase is the daemon's during a rebuild.
+        started = time.perf_counter()
+        assert index.start_rebuild()
     results = {}
     for spec in args.searches.split(","):
         search_k, shortlist, candidates, *expansion = (int(x) for x in spec.split(":"))
@@ -223,9 +229,18 @@ def child(args: argparse.Namespace) -> None:
             times[i] = time.perf_counter() - t
             ids[i, : len(hits)] = [h.file_id for h in hits]
         results[spec] = {"ids": ids.tolist(), "ms": (times * 1000).tolist()}
+    if args.rebuild:
+        rebuilding_while_searching = index.stats().rebuilding
+        assert index.wait_for_rebuild(timeout=3600) and index.last_error is None
+        build_s = time.perf_counter() - started
+        peak_build = _rss_mib("VmHWM")
+        if not rebuilding_while_searching:
+            print("note: the rebuild ended before the searches did", file=sys.stderr)
     out = {
         "build_s": build_s,
         "peak_rss_build_mib": peak_build,
+        # The snapshot is built in a child process of the index; its peak is reported apart.
+        "peak_rss_builder_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "rss_after_queries_mib": _rss_mib("VmRSS"),
         "snapshot_bytes": snapshot_bytes,
         "results": results,
@@ -257,6 +272,7 @@ def main() -> None:
     parser.add_argument(
         "--buffer", type=int, default=20_000, help="vectors in the buffer for the last phase"
     )
+    parser.add_argument("--rebuild", action="store_true", help=argparse.SUPPRESS)
     for name in ("build", "queries", "db", "index_dir", "out"):
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -361,7 +377,8 @@ def main() -> None:
         return f"{hit.mean():.4f}"
 
     header = (
-        "| d:tree_d:trees | search_k:short:cands | open s | peak RSS MiB | RSS after MiB "
+        "| d:tree_d:trees | search_k:short:cands | open s | peak RSS MiB | builder MiB "
+        "| RSS after MiB "
         "| snapshot MiB | p50 ms | p99 ms | " + " | ".join(dict.fromkeys(labels)) + " |"
     )
     print()
@@ -375,8 +392,9 @@ def main() -> None:
     # Each build runs three times: the first child builds the snapshot (one core) and searches;
     # the second opens it as a restarted daemon would (load, no build), so its RSS is the
     # daemon's with the snapshot loaded, without what the build left behind in the allocator;
-    # the third also fills the buffer, as it is just before a rebuild.
-    phases = ("build", "restart", "buffer")
+    # the third also fills the buffer, as it is just before a rebuild; the fourth searches
+    # while a new snapshot is built in the background (its "open s" is the rebuild's time).
+    phases = ("build", "restart", "buffer", "rebuild")
     runs = [(b, phase) for b in args.builds.split(",") for phase in phases]
     for build, phase in runs:
         index_dir = work / f"index-{build.replace(':', '-')}"
@@ -398,6 +416,7 @@ def main() -> None:
                 str(out),
                 f"--searches={args.searches}",
                 f"--buffer={args.buffer if phase == 'buffer' else 0}",
+                *(["--rebuild"] if phase == "rebuild" else []),
             ],
             check=True,
             env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
@@ -410,7 +429,7 @@ def main() -> None:
             cells = [recall(found, lab) for lab in dict.fromkeys(labels)]
             print(
                 f"| {build} {label} | {spec} | {res['build_s']:.0f} | "
-                f"{res['peak_rss_build_mib']:.0f} | "
+                f"{res['peak_rss_build_mib']:.0f} | {res['peak_rss_builder_mib']:.0f} | "
                 f"{res['rss_after_queries_mib']:.0f} | {res['snapshot_bytes'] / 2**20:.0f} | "
                 f"{np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f} | "
                 + " | ".join(cells)

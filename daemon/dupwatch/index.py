@@ -5,8 +5,9 @@ search asks the Annoy snapshot (trees over a PCA projection of the vectors; see 
 for candidates in its projected space, re-ranks them with their full vectors from the store,
 adds exact matches from the buffer (vectors added since the snapshot), and leaves out
 tombstoned files (gone, quarantined or replaced since the snapshot). When the buffer grows past
-a size or age threshold, a background thread builds a new snapshot and swaps it in; searches
-keep using the old one until then, and adding never waits for a build.
+a size or age threshold, a background thread has a child process build a new snapshot
+(rebuild.py) and swaps it in; searches keep using the old one until then, and adding never
+waits for a build.
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ import structlog
 from numpy.typing import NDArray
 
 from dupwatch.buffer import Buffer
+from dupwatch.rebuild import BuildRequest, build_in_child
 from dupwatch.records import Neighbour
 from dupwatch.snapshot import (
-    Projection,
     SearchSettings,
     Snapshot,
     TreeSettings,
     list_snapshots,
     remove_obsolete,
     remove_snapshot,
-    write_snapshot,
 )
 from dupwatch.store import Store
 
@@ -288,27 +288,24 @@ class VectorIndex:
             covered = self._buffer.n  # buffer rows the new snapshot will hold
         # Every vector in those rows was stored before it was added here, so its seq is at
         # most upto; later ones stay in the buffer (a few may be in both; the buffer wins).
+        # The child reads through its own connection, so it sees committed rows only: upto is
+        # read here under the store's lock, which no other thread holds inside a transaction.
         upto = self._store.max_vector_seq(self._model_id)
-        ids = self._store.indexed_file_ids(self._model_id)
-        if len(ids) == 0:
-            return
-        rng = np.random.default_rng(upto)
-        sample_ids = rng.choice(ids, size=min(self.settings.pca_sample, len(ids)), replace=False)
-        sample = self._store.vectors_for(sample_ids.tolist(), self._model_id).vectors
-        projection = Projection.fit(sample, self.settings.projected_dim)
-        spread = np.asarray(projection.apply(sample).std(axis=0), dtype=np.float32)
-        files = write_snapshot(
-            self._directory,
-            model_id=self._model_id,
-            upto_seq=upto,
-            projection=projection,
-            # Small pages keep each read short, so searches sharing the store barely wait.
-            batches=self._store.iter_vectors(self._model_id, upto_seq=upto, batch_size=2000),
-            tree_settings=TreeSettings(
-                self.settings.trees, self.settings.tree_dim, self.settings.whiten
-            ),
-            spread=spread,
+        files = build_in_child(
+            BuildRequest(
+                db_path=self._store.path,
+                directory=self._directory,
+                model_id=self._model_id,
+                upto_seq=upto,
+                projected_dim=self.settings.projected_dim,
+                pca_sample=self.settings.pca_sample,
+                tree_settings=TreeSettings(
+                    self.settings.trees, self.settings.tree_dim, self.settings.whiten
+                ),
+            )
         )
+        if files is None:
+            return
         snapshot = Snapshot.load(files)
         with self._lock:
             self._snapshot = snapshot
