@@ -61,6 +61,25 @@ def _setup_logging(config: Config, *, to_stderr: bool = False) -> None:
     configure_logging(config.log.level, config.log.format, stream=sys.stderr if to_stderr else None)
 
 
+def _existing_store(state_dir: Path) -> Store | None:
+    """The database in ``state_dir``, or None (with a note on stdout) if there is none yet."""
+    from dupwatch.runtime import open_store
+
+    if not database_path(state_dir).exists():
+        print(f"no database yet in {state_dir}: dupwatch has not run here")
+        return None
+    return open_store(state_dir)
+
+
+def _required_store(state_dir: Path) -> Store:
+    """The database in ``state_dir``; commands that change it need one to exist."""
+    from dupwatch.runtime import open_store
+
+    if not database_path(state_dir).exists():
+        raise StateDirError(f"{state_dir}: no database here: dupwatch has not run with it")
+    return open_store(state_dir)
+
+
 def _age(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f}m"
@@ -174,13 +193,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     _setup_logging(config, to_stderr=True)
     state_dir = _state_dir(args, create=False)
     from dupwatch.records import FileStatus
-    from dupwatch.runtime import open_store
     from dupwatch.status import read_daemon_status
 
-    if not database_path(state_dir).exists():
-        print(f"no database yet in {state_dir}: dupwatch has not run here")
+    store = _existing_store(state_dir)
+    if store is None:
         return EXIT_OK
-    store = open_store(state_dir)
     try:
         counts = store.file_counts()
         daemon = read_daemon_status(store)
@@ -198,11 +215,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _open_quarantine(args: argparse.Namespace) -> tuple[Store, Quarantine]:
     config = _config(args)
     state_dir = _state_dir(args, create=False)
-    from dupwatch.runtime import open_quarantine, open_store, remembered_roots
+    from dupwatch.runtime import open_quarantine, remembered_roots
 
-    if not database_path(state_dir).exists():
-        raise StateDirError(f"{state_dir}: no database here: dupwatch has not run with it")
-    store = open_store(state_dir)
+    store = _required_store(state_dir)
     roots = list(dict.fromkeys([*config.watch.roots, *remembered_roots(store)]))
     return store, open_quarantine(store, config, roots)
 
@@ -293,12 +308,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     _setup_logging(config, to_stderr=True)
     state_dir = _state_dir(args, create=False)
     from dupwatch.report import summarise
-    from dupwatch.runtime import open_store
 
-    if not database_path(state_dir).exists():
-        print(f"no database yet in {state_dir}: dupwatch has not run here")
+    store = _existing_store(state_dir)
+    if store is None:
         return EXIT_OK
-    store = open_store(state_dir)
     try:
         print(summarise(store, limit=args.limit))
     finally:
@@ -312,14 +325,11 @@ def cmd_forget_missing(args: argparse.Namespace) -> int:
     state_dir = _state_dir(args, create=False)
     from dupwatch.filters import absolute_root
     from dupwatch.records import FileStatus
-    from dupwatch.runtime import open_store
 
-    if not database_path(state_dir).exists():
-        raise StateDirError(f"{state_dir}: no database here: dupwatch has not run with it")
     root = absolute_root(args.root)
     if not root.is_dir():
         raise UsageError(f"{root}: not a directory (is the share mounted?)")
-    store = open_store(state_dir)
+    store = _required_store(state_dir)
     forgotten = 0
     try:
         for record in store.files_under(root, (FileStatus.INDEXED, FileStatus.FAILED)):
