@@ -18,6 +18,7 @@ from audit import Baseline, audit
 from conftest import Home, stop, wait_for
 from photos import encode, photo, write
 
+from dupwatch.daemon import MASS_GONE_SHARE
 from dupwatch.records import FileStatus
 from dupwatch.statepaths import database_path
 from dupwatch.store import Store
@@ -79,7 +80,10 @@ def test_half_the_library_vanishing_while_watched_pauses_the_root_with_one_error
         counts = _statuses(home)
     finally:
         assert stop(daemon) == 0
-    assert counts[FileStatus.GONE] == 0, counts
+    # Deletions trickling in on a slow machine may be judged in small batches: those below the
+    # brake's allowance are marked gone before the brake trips, never more than that.
+    allowance = MASS_GONE_SHARE * LIBRARY + 10
+    assert counts[FileStatus.GONE] <= allowance < len(vanished), counts
     assert len(errors) == 1, home.log_text()[-3000:]
     # The files come back (the share is remounted): nothing was lost or forgotten.
     for path in vanished:
