@@ -71,6 +71,13 @@ def _existing_store(state_dir: Path) -> Store | None:
     return open_store(state_dir)
 
 
+def _reading_store(args: argparse.Namespace) -> tuple[Path, Store | None]:
+    """For commands that only read: logging set up, the state directory and its database."""
+    _setup_logging(_config(args), to_stderr=True)
+    state_dir = _state_dir(args, create=False)
+    return state_dir, _existing_store(state_dir)
+
+
 def _required_store(state_dir: Path) -> Store:
     """The database in ``state_dir``; commands that change it need one to exist."""
     from dupwatch.runtime import open_store
@@ -189,13 +196,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = _config(args)
-    _setup_logging(config, to_stderr=True)
-    state_dir = _state_dir(args, create=False)
     from dupwatch.records import FileStatus
     from dupwatch.status import read_daemon_status
 
-    store = _existing_store(state_dir)
+    state_dir, store = _reading_store(args)
     if store is None:
         return EXIT_OK
     try:
@@ -304,12 +308,9 @@ def cmd_quarantine_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    config = _config(args)
-    _setup_logging(config, to_stderr=True)
-    state_dir = _state_dir(args, create=False)
     from dupwatch.report import summarise
 
-    store = _existing_store(state_dir)
+    _, store = _reading_store(args)
     if store is None:
         return EXIT_OK
     try:
