@@ -1,9 +1,10 @@
 """The long reliability runs: the whole tests/reliability suite including its slow variants.
 
 CI runs the fast selection (``-m "not slow"``); this runs everything: kill -9 of the daemon
-20 x 200 arriving files, SIGTERM mid-batch 20 times, 10,000 fuzzed files, on top of the
-crash-point enumeration and the other scenarios. It prints the figures the tests report as a
-Markdown block for the "Reliability" section of bench/RESULTS.md.
+20 x 200 arriving files, SIGTERM mid-batch 20 times, 10,000 fuzzed files, 10,000 quarantine
+attempts against a symlink swapped in, on top of the crash-point enumeration and the other
+scenarios. It prints the figures the tests report as a Markdown block for the "Reliability"
+section of bench/RESULTS.md.
 
     python bench/reliability_long.py                 # everything (tens of minutes on 2 cores)
     python bench/reliability_long.py -k kill9_long   # one scenario
@@ -26,6 +27,7 @@ _CRASH = re.compile(r"^(?P<name>.+): (?P<points>\d+) crash points, outcomes")
 _KILL = re.compile(r"kill -9 run (?P<seed>\d+): (?P<figures>\{.*\})")
 _TERM = re.compile(r"SIGTERM run (?P<seed>\d+): exit 0 after (?P<s>[\d.]+) s")
 _FUZZ = re.compile(r"fuzz: (?P<figures>\{.*\})")
+_SWAP = re.compile(r"symlink swap: (?P<figures>\{.*\})")
 _BAD = re.compile(r"bad inputs: scan (?P<s>[\d.]+) s, worker peak RSS (?P<mib>\d+) MiB")
 _SUMMARY = re.compile(r"(?P<text>\d+ (?:passed|failed)[^=]*?)(?: =+)?$")
 
@@ -47,6 +49,7 @@ def summarise(output: str, seconds: float) -> str:
     terms = [float(m["s"]) for line in lines if (m := _TERM.search(line))]
     fuzz = [ast.literal_eval(m["figures"]) for line in lines if (m := _FUZZ.search(line))]
     bad = [m for line in lines if (m := _BAD.search(line))]
+    swaps = [ast.literal_eval(m["figures"]) for line in lines if (m := _SWAP.search(line))]
     summary = next((m["text"] for line in lines if (m := _SUMMARY.search(line))), "?")
     out = [f"Suite: {summary}, {seconds / 60:.1f} min.", ""]
     if crash:
@@ -67,6 +70,14 @@ def summarise(output: str, seconds: float) -> str:
             f"- Fuzzing: {f['files']} mutated files, {f['failed']} rejected with a reason, "
             f"{f['quarantined']} quarantined (all fully decodable), "
             f"{f['worker_restarts']} worker restarts, 0 scan crashes"
+        )
+    for s in swaps:
+        out.append(
+            f"- Symlink swapped in between check and move: {s['iterations']} quarantine "
+            f"attempts while the photo's directory and its quarantine directory were swapped "
+            f"{s['swaps']} times for symlinks leaving the root: {s['moved']} moved and restored "
+            f"({s['restore_retried']} restores refused first), {s['refused']} refused, "
+            f"0 operations outside the root"
         )
     for m in bad:
         out.append(f"- Bad inputs: scan {m['s']} s, decoder worker peak RSS {m['mib']} MiB")
