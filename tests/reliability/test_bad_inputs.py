@@ -196,12 +196,36 @@ def test_bad_inputs_never_crash_hang_or_get_quarantined_and_complete_files_are_p
 
 
 NOBODY = 65534
+DROP = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 SPAWN_PROBE = (
     "import multiprocessing as m\n"
+    "import dupwatch.cli, numpy\n"
     "if __name__ == '__main__':\n"
     "    p = m.get_context('spawn').Process(target=print); p.start(); p.join()\n"
     "    raise SystemExit(p.exitcode)\n"
 )
+
+
+def unprivileged_python() -> tuple[list[str], dict[str, str]] | None:
+    """A command prefix running this project's Python as ``nobody``, and its environment.
+
+    A virtualenv made from an interpreter under /root points at a binary ``nobody`` cannot
+    execute, and the worker process is spawned from that binary. The system's interpreter of
+    the same minor version loads the same packages (same ABI) when given their directories.
+    """
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [sys.executable, *filter(None, [shutil.which(version, path="/usr/bin:/bin")])]
+    # Everything this interpreter imports from beyond its own standard library.
+    own = [p for p in sys.path if p and Path(p).is_dir() and not p.startswith(sys.base_prefix)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(own)}
+    for python in candidates:
+        probe = subprocess.run(
+            [*DROP, python, "-c", SPAWN_PROBE],
+            capture_output=True, env=env, cwd="/", timeout=120, check=False,
+        )  # fmt: skip
+        if probe.returncode == 0:
+            return [*DROP, python], env
+    return None
 
 
 def test_mode_000_files_and_unreadable_directories_are_reported_not_quarantined(
@@ -225,18 +249,18 @@ def test_mode_000_files_and_unreadable_directories_are_reported_not_quarantined(
         baseline = Baseline.take([locked, copy, hidden])
         locked.chmod(0)
         hidden.parent.chmod(0)
-        prefix = []
+        argv, env = home.argv(), dict(os.environ)
         if os.geteuid() == 0:
-            prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-            probe = subprocess.run(
-                [*prefix, sys.executable, "-c", SPAWN_PROBE], capture_output=True, check=False
-            )
-            if probe.returncode != 0:
-                pytest.skip("an unprivileged user cannot start this Python's worker processes")
+            found = unprivileged_python()
+            if found is None:
+                pytest.skip("no Python here that an unprivileged user can run with our packages")
+            argv, env = [*found[0], *argv[1:]], found[1]
         done = subprocess.run(
-            [*prefix, *home.argv(), "scan", "--json", str(home.root)],
+            [*argv, "scan", "--json", str(home.root)],
             capture_output=True,
             text=True,
+            env=env,
+            cwd=base,
             timeout=300,
             check=False,
         )
