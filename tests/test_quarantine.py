@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from faults import exdev_once, run_in_fork, tmpfs_at
 from structlog.testing import capture_logs
 
 from dupwatch import fsops
@@ -375,21 +375,6 @@ def test_rename_noreplace_refuses_an_existing_name(tmp_path: Path) -> None:
 # --- across filesystems ---
 
 
-def exdev_once(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make the first rename_noreplace call fail with EXDEV, as across a mount point."""
-    real = fsops.rename_noreplace
-    calls: list[str] = []
-
-    def rename(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
-        calls.append(src)
-        if len(calls) == 1:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real(src_dir, src, dst_dir, dst)
-
-    monkeypatch.setattr(fsops, "rename_noreplace", rename)
-    return calls
-
-
 def test_cross_filesystem_move_copies_verifies_and_keeps_metadata(
     q: Quarantine, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -465,19 +450,8 @@ def tmpfs_card(root: Path) -> Iterator[Path]:
     """A real second filesystem (tmpfs) mounted inside the root, like a memory card."""
     card = root / "card"
     card.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(card)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
-        yield card
-    finally:
-        subprocess.run(["umount", "-l", str(card)], check=False)
+    with tmpfs_at(card, "size=16m") as mounted:
+        yield mounted
 
 
 def test_cross_filesystem_move_and_restore_for_real(
@@ -1014,42 +988,21 @@ def patch_link_fallback() -> None:
     fsops._renameat2 = unsupported  # type: ignore[assignment]  # in the forked child only
 
 
-def patch_exdev() -> None:
-    real = fsops.rename_noreplace
-    calls = [0]
-
-    def rename(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
-        calls[0] += 1
-        if calls[0] == 1:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real(src_dir, src, dst_dir, dst)
-
-    fsops.rename_noreplace = rename  # type: ignore[assignment]  # in the forked child only
-
-
 def run_crashing_at(k: int, work: Callable[[], None]) -> int:
     """Run ``work`` in a forked child that dies at its k-th disk or journal write."""
-    pid = os.fork()
-    if pid == 0:  # the child never returns
-        code = 1
-        try:
-            seen = 0
+    seen = 0
 
-            def die_at_k(_operation: str) -> None:
-                nonlocal seen
-                seen += 1
-                if seen == k:
-                    os._exit(CRASHED)  # no cleanup, no flush: as abrupt as SIGKILL
+    def die_at_k(_operation: str) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == k:
+            os._exit(CRASHED)  # no cleanup, no flush: as abrupt as SIGKILL
 
-            fsops.set_fault_hook(die_at_k)
-            work()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    def crashing_work() -> None:
+        fsops.set_fault_hook(die_at_k)
+        work()
+
+    return run_in_fork(crashing_work)
 
 
 def recover_and_audit(scene: Scene) -> Path:
@@ -1104,7 +1057,7 @@ def enumerate_recovery_crashes(scene: Scene) -> int:
 def enumerate_crash_points(
     base: Path,
     work: Callable[[Scene], None],
-    patch: Callable[[], None],
+    patch: Callable[[], object],
     *,
     quarantined: bool,
     fresh: bool,
@@ -1129,16 +1082,16 @@ def enumerate_crash_points(
     raise AssertionError("the operation never completed")
 
 
-CRASH_SCENARIOS = {
+CRASH_SCENARIOS: dict[str, tuple[Callable[[Scene], None], Callable[[], object], bool, bool]] = {
     "same-fs move": (move_in, no_patch, False, False),
     "same-fs move, new quarantine": (move_in, no_patch, False, True),
     "same-fs move, link fallback": (move_in, patch_link_fallback, False, False),
-    "cross-fs move": (move_in, patch_exdev, False, False),
-    "cross-fs move, new quarantine": (move_in, patch_exdev, False, True),
+    "cross-fs move": (move_in, exdev_once, False, False),
+    "cross-fs move, new quarantine": (move_in, exdev_once, False, True),
     "restore": (restore_out, no_patch, True, False),
     "restore, parents recreated": (restore_out, no_patch, True, True),
     "restore, link fallback": (restore_out, patch_link_fallback, True, False),
-    "cross-fs restore": (restore_out, patch_exdev, True, False),
+    "cross-fs restore": (restore_out, exdev_once, True, False),
 }
 
 

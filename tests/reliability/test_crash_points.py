@@ -11,17 +11,16 @@ each crash a fresh process recovers, reconciles once and audits every invariant.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import sqlite3
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from audit import Baseline, audit, run_scan
+from faults import exdev_once, run_in_fork
 from offline import model_id_of, offline_services, scan_offline
 from photos import encode, photo, write
 
@@ -63,34 +62,6 @@ def _install_crash_at(k: int, store: Store | None = None) -> None:
     if store is not None:
         store._conn.set_trace_callback(on_sql)
     fsops.set_fault_hook(tick)
-
-
-def _exdev_once() -> None:
-    real = fsops.rename_noreplace
-    calls = [0]
-
-    def rename(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
-        calls[0] += 1
-        if calls[0] == 1:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real(src_dir, src, dst_dir, dst)
-
-    fsops.rename_noreplace = rename  # type: ignore[assignment]  # in the forked child only
-
-
-def run_child(work: Callable[[], None]) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            work()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 class Scene:
@@ -137,7 +108,7 @@ class Scene:
         return offline_services(self.config, self.state, [self.root], self.model_id)
 
 
-def _process(scene: Scene, patch: Callable[[], None], k: int) -> Callable[[], None]:
+def _process(scene: Scene, patch: Callable[[], object], k: int) -> Callable[[], None]:
     def work() -> None:
         patch()
         with scene.services() as services:
@@ -147,7 +118,7 @@ def _process(scene: Scene, patch: Callable[[], None], k: int) -> Callable[[], No
     return work
 
 
-def _restore(scene: Scene, patch: Callable[[], None], k: int) -> Callable[[], None]:
+def _restore(scene: Scene, patch: Callable[[], object], k: int) -> Callable[[], None]:
     def work() -> None:
         patch()
         _install_crash_at(k)
@@ -162,11 +133,11 @@ def _nothing() -> None:
     pass
 
 
-SCENARIOS: dict[str, tuple[Callable[..., Callable[[], None]], Callable[[], None], bool]] = {
+SCENARIOS: dict[str, tuple[Callable[..., Callable[[], None]], Callable[[], object], bool]] = {
     "same-fs quarantine": (_process, _nothing, False),
-    "cross-fs quarantine": (_process, _exdev_once, False),
+    "cross-fs quarantine": (_process, exdev_once, False),
     "restore": (_restore, _nothing, True),
-    "cross-fs restore": (_restore, _exdev_once, True),
+    "cross-fs restore": (_restore, exdev_once, True),
 }
 
 
@@ -188,7 +159,7 @@ def test_every_crash_point_of_a_pipeline_run_recovers_with_every_invariant(
     outcomes = []
     for k in range(1, 200):
         scene.reset()
-        code = run_child(make_work(scene, patch, k))
+        code = run_in_fork(make_work(scene, patch, k))
         assert code in (CRASHED, 0), f"{scenario}: crash point {k}: the child failed ({code})"
 
         def reconcile() -> None:

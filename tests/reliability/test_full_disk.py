@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from audit import Baseline, audit
 from conftest import CONFIG, Home, stop, wait_for
+from faults import tmpfs_at
 from photos import encode, photo, write
 
 from dupwatch.deferred import DeferredMoves
@@ -34,19 +35,8 @@ def small_quarantine(make_home: Callable[..., Home]) -> Iterator[tuple[Home, Pat
     home = make_home()
     qdir = home.root / ".dupwatch-quarantine"
     qdir.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=300k,mode=755", "tmpfs", str(qdir)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
+    with tmpfs_at(qdir, "size=300k,mode=755"):
         yield home, qdir
-    finally:
-        subprocess.run(["umount", "-l", str(qdir)], check=False)
 
 
 def test_a_full_quarantine_leaves_no_partial_file_and_every_source_untouched(
