@@ -34,6 +34,7 @@ from dupwatch.logs import printable
 from dupwatch.policy import Candidate, Decision, PhotoFacts, camera_times_differ, decide
 from dupwatch.quarantine import Quarantine
 from dupwatch.records import Action, FileStatus, StatKey, Tier
+from dupwatch.renames import follow_rename
 from dupwatch.store import Store
 from dupwatch.store.records import FileRecord
 from dupwatch.worker import AnalysisWorker, Fingerprint
@@ -202,6 +203,8 @@ class Pipeline:
             return None
         try:
             file = read_file(path, max_file_bytes=self._config.decode.max_file_mib * 2**20)
+            if known is None and self._follow_rename(file) is not None:
+                return None  # a known photo under a new name, not a new one
             result = self._examine(file, known)
         except FileRejected as exc:
             result = self._rejected(path, known, exc)
@@ -212,6 +215,9 @@ class Pipeline:
         )
         self._log(result)
         return result
+
+    def _follow_rename(self, file: FileBytes) -> FileRecord | None:
+        return follow_rename(self._store, self._index, self._hashes, self._model_id, file)
 
     def _unchanged(self, path: Path, known: FileRecord) -> bool:
         if known.status not in (FileStatus.INDEXED, FileStatus.FAILED):

@@ -108,7 +108,8 @@ class Quarantine:
                 q_dir = stack.enter_context(
                     fsops.open_dir(target.root, target.dirs, create_modes=modes)
                 )
-            except NotADirectoryError as exc:
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                # A quarantine directory swapped or removed while it was being opened.
                 raise QuarantineError(f"{exc.filename}: {exc.strerror}") from exc
             target = target.renamed(_free_name(q_dir.fd, target.name))
             entry = self._journal.journal_intent(
