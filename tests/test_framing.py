@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 from skimage import data
 
 from dupwatch.framing import photo_box, photo_inside
+from dupwatch.verify import verify
 
 Image = NDArray[np.uint8]
 
@@ -73,3 +74,64 @@ def test_an_ordinary_photo_has_no_frame(name: str) -> None:
 def test_flat_and_tiny_images_have_no_frame() -> None:
     assert photo_box(np.full((300, 400, 3), 128, np.uint8)) is None
     assert photo_box(np.zeros((20, 20, 3), np.uint8)) is None
+
+
+def night(photo: Image, gain: float) -> Image:
+    """The photo as a dark night shot: gamma-darkened, most of it a few grey levels deep."""
+    linear = (photo.astype(np.float32) / 255.0) ** 2.2
+    return np.asarray(np.clip(255.0 * gain * linear, 0, 255), np.uint8)
+
+
+def dark_phone_gallery(photo: Image) -> tuple[Image, tuple[int, int, int, int]]:
+    """A photo across the width of a phone's near-black gallery: status bar, title, buttons."""
+    w, h = 1080, 2340
+    screen = np.full((h, w, 3), 12, np.uint8)
+    white = (235, 235, 235)
+    cv2.putText(screen, "21:37", (40, 70), cv2.FONT_HERSHEY_SIMPLEX, 1.6, white, 3, cv2.LINE_AA)
+    cv2.rectangle(screen, (w - 150, 35), (w - 60, 75), white, 3)
+    cv2.rectangle(screen, (w - 145, 40), (w - 95, 70), white, -1)
+    cv2.putText(screen, "< IMG_2042", (40, 200), cv2.FONT_HERSHEY_SIMPLEX, 1.4, white, 3)
+    for k in range(4):
+        cv2.circle(screen, (135 + k * 270, h - 170), 38, white, 4, cv2.LINE_AA)
+    height = round(photo.shape[0] * w / photo.shape[1])
+    inner = np.asarray(cv2.resize(photo, (w, height), interpolation=cv2.INTER_AREA), np.uint8)
+    y = (h - height) // 2
+    return framed(inner, screen, 0, y), (0, y, w, y + height)
+
+
+# Dark enough that large parts of each photo are as dark as the frame round it, or darker.
+DARK_PHOTOS = [("rocket", 0.5), ("camera", 0.25), ("immunohistochemistry", 0.25), ("coffee", 0.25)]
+
+
+def _rgb(name: str) -> Image:
+    photo = getattr(data, name)()
+    return photo if photo.ndim == 3 else np.stack([photo] * 3, axis=-1)
+
+
+@pytest.mark.parametrize(("name", "gain"), DARK_PHOTOS)
+def test_a_dark_photo_in_a_dark_phone_frame_is_found(name: str, gain: float) -> None:
+    full, truth = dark_phone_gallery(night(_rgb(name), gain))
+    image = to_working_size(full)
+    scale = image.shape[1] / full.shape[1]
+    box = photo_box(image)
+    assert box is not None
+    assert np.allclose(np.array(box), np.array(truth) * scale, atol=4), (box, truth)
+
+
+def test_a_dark_framed_photo_verifies_as_the_original() -> None:
+    photo = night(_rgb("rocket"), 0.5)
+    full, _truth = dark_phone_gallery(photo)
+    inner = photo_inside(to_working_size(full))
+    assert inner is not None
+    result = verify(inner, to_working_size(photo))
+    assert result.same, result.explain()
+
+
+def test_a_bright_object_on_a_black_ground_is_not_a_framed_photo() -> None:
+    # A planet or a lit face in the dark: a flat ground all round, but no rectangle inside it.
+    texture = to_working_size(_rgb("chelsea"))
+    h, w = texture.shape[:2]
+    disc = np.zeros((h, w), np.uint8)
+    cv2.circle(disc, (w // 2, h // 2), min(h, w) // 3, 255, -1)
+    image = np.where(disc[..., None] > 0, texture, 0).astype(np.uint8)
+    assert photo_box(image) is None
