@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from library_set import COPY_KINDS, EXPECTED, Item
+from library_set import COPY_KINDS, EXCLUDED, EXPECTED, Item
 
 _POSITION = re.compile(r"IMG_(\d+)\.")
 
@@ -61,7 +61,9 @@ def _set_text(r: dict[str, Any]) -> str:
         f"arrived earlier ({copies}). The distinct photos are non-overlapping windows "
         f"(4:3 or 3:4, a gap between neighbours) of {c['sources']} of the "
         f"{c['sources_total']} real photographs of the accuracy benchmark "
-        "(bench/accuracy/originals_manifest.csv), brought to "
+        "(bench/accuracy/originals_manifest.csv; left out: "
+        + "; ".join(EXCLUDED.values())
+        + "), brought to "
         f"{r['dims']} with mild noise and JPEG quality 85-94; each window holds "
         f"{c['window_mp_min']:.2f}-{c['window_mp_max']:.2f} MP of source pixels "
         f"(median {c['window_mp_median']:.2f}): the photos hold about 312 MP in all, so "

@@ -45,8 +45,10 @@ import fetch_originals  # noqa: E402
 CACHE = HERE / ".cache"
 LIBRARY_DIR = CACHE / "daemon-library"
 # Bump when the way windows or copies are made changes, so an old cache is not reused.
-VERSION = 1
+VERSION = 2
 SEED = 2000
+# Sources left out, and why: found by a dry-run scan of 400 distinct windows.
+EXCLUDED = {"o037": "Volna: one sand-and-water texture; its windows are the same picture"}
 PLANNED = 2000
 COPY_SHARE = 0.15
 COPY_KINDS = ("exact", "messenger", "resize_50", "png", "crop_5")
@@ -153,7 +155,9 @@ def largest_window_area(sizes: list[tuple[int, int]], needed: int) -> float:
 def manifest_groups() -> list[list[dict[str, str]]]:
     """Kept manifest rows, one list per photo (a hard-negative group is one list)."""
     with fetch_originals.MANIFEST.open(newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if r["status"] == "kept"]
+        rows = [
+            r for r in csv.DictReader(handle) if r["status"] == "kept" and r["id"] not in EXCLUDED
+        ]
     groups: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         groups.setdefault(row["group"] or row["id"], []).append(row)
