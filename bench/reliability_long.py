@@ -76,8 +76,8 @@ def summarise(output: str, seconds: float) -> str:
             f"- Symlink swapped in between check and move: {s['iterations']} quarantine "
             f"attempts while the photo's directory and its quarantine directory were swapped "
             f"{s['swaps']} times for symlinks leaving the root: {s['moved']} moved and restored "
-            f"({s['restore_retried']} restores refused first), {s['refused']} refused, "
-            f"0 operations outside the root"
+            f"({s['restore_retried']} restores refused first), {s['refused']} refused "
+            f"{s.get('refusals', {})}, 0 operations outside the root"
         )
     for m in bad:
         out.append(f"- Bad inputs: scan {m['s']} s, decoder worker peak RSS {m['mib']} MiB")

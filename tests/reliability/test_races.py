@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,19 @@ class _Swapper:
         self._run, self._stop, self._idle = threading.Event(), threading.Event(), threading.Event()
         self._run.set()
         self.swaps = 0
+        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="symlink-swapper", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
+        try:
+            self._swap_until_stopped()
+        except BaseException as exc:
+            self.error = exc
+            self._idle.set()
+            raise
+
+    def _swap_until_stopped(self) -> None:
         while not self._stop.is_set():
             if not self._run.is_set():
                 self._idle.set()
@@ -114,18 +124,31 @@ class _Swapper:
                 continue
             self._idle.clear()
             for n, directory in enumerate(self._dirs):
-                aside = directory.with_name(directory.name + ".real")
-                directory.rename(aside)
-                directory.symlink_to(self._targets[(self.swaps + n) % len(self._targets)])
-                time.sleep(0)  # let the other thread run while the symlink is in place
-                directory.unlink()
-                aside.rename(directory)
+                self._swap(directory, self._targets[(self.swaps + n) % len(self._targets)])
             self.swaps += 1
+
+    @staticmethod
+    def _swap(directory: Path, target: Path) -> None:
+        aside = directory.with_name(directory.name + ".real")
+        directory.rename(aside)
+        try:
+            directory.symlink_to(target)
+        except FileExistsError:
+            pass  # a move or restore recreated the directory at once, inside the root
+        else:
+            time.sleep(0)  # let the other thread run while the symlink is in place
+            directory.unlink()
+        try:
+            aside.rename(directory)
+        except OSError:
+            # Recreated meanwhile (and used); the directory set aside is empty then.
+            aside.rmdir()
 
     def pause(self) -> None:
         self._idle.clear()
         self._run.clear()
         assert self._idle.wait(10), "the swapper did not pause"
+        assert self.error is None, f"the swapper failed: {self.error!r}"
 
     def resume(self) -> None:
         self._run.set()
@@ -146,7 +169,7 @@ def _tree(top: Path) -> list[tuple[str, int, int, int]]:
     return out
 
 
-def symlink_swap_run(tmp_path: Path, iterations: int) -> dict[str, int]:
+def symlink_swap_run(tmp_path: Path, iterations: int) -> dict[str, Any]:
     """Quarantine and restore one photo ``iterations`` times while its directory and its
     quarantine directory are swapped for symlinks leaving the root; returns the counts."""
     root, outside = tmp_path / "photos", tmp_path / "outside"
@@ -157,7 +180,10 @@ def symlink_swap_run(tmp_path: Path, iterations: int) -> dict[str, int]:
     os.link(photo_path, outside / "linked" / "a.jpg")  # same inode: only the path differs
     expected, digest = StatKey.of(photo_path), sha256_of(photo_path)
     before = _tree(outside)
-    counts = {"iterations": iterations, "moved": 0, "refused": 0, "restore_retried": 0}
+    counts: dict[str, Any] = {
+        "iterations": iterations, "moved": 0, "refused": 0, "restore_retried": 0,
+    }  # fmt: skip
+    refusals: Counter[str] = Counter()
     with Store.open(tmp_path / "dupwatch.db") as store:
         quarantine = Quarantine(store, [root])
         swapper = _Swapper(
@@ -171,13 +197,16 @@ def symlink_swap_run(tmp_path: Path, iterations: int) -> dict[str, int]:
                         photo_path, expected=expected, sha256=digest, file_id=None,
                         duplicate_of=None, tier=Tier.EXACT, similarity=1.0, rule="race",
                     )  # fmt: skip
-                except QuarantineError:
+                except (QuarantineError, OSError) as exc:
+                    # A directory removed mid-move surfaces as the OSError it is; the
+                    # daemon's pipeline defers such a move. Either way nothing moved.
                     counts["refused"] += 1
+                    refusals[type(exc).__name__] += 1
                 else:
                     counts["moved"] += 1
                     try:
                         quarantine.restore(entry.id)
-                    except QuarantineError:
+                    except (QuarantineError, OSError):
                         counts["restore_retried"] += 1
                         swapper.pause()
                         quarantine.restore(entry.id)
@@ -185,6 +214,7 @@ def symlink_swap_run(tmp_path: Path, iterations: int) -> dict[str, int]:
                 assert _tree(outside) == before, "an operation reached outside the root"
             swapper.pause()
             counts["swaps"] = swapper.swaps
+            counts["refusals"] = dict(refusals)
         finally:
             swapper.stop()
         recovered = quarantine.recover()
