@@ -83,8 +83,11 @@ class DecodeConfig:
 class ModelConfig:
     # "auto" picks the fastest runtime that works on this CPU.
     backend: Literal["auto", "onnxruntime", "opencv", "tensorflow"] = "auto"
-    # Threads for inference; 1 leaves the NAS's other core to the file server.
+    # Threads for inference in each worker process.
     threads: int = 1
+    # Worker processes that decode, fingerprint and verify (each holds the model, ~200 MB);
+    # 0 = one per CPU core, at most 2. They run at the service's low CPU priority.
+    workers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +258,8 @@ def _check_ranges(config: Config, problems: list[str], where: str) -> None:
         bad("decode", "worker_memory_mib", "must be at least 256")
     if config.model.threads < 1:
         bad("model", "threads", "must be at least 1")
+    if not 0 <= config.model.workers <= 16:
+        bad("model", "workers", "must be between 0 (automatic) and 16")
     if config.index.rebuild_buffer_size < 1:
         bad("index", "rebuild_buffer_size", "must be at least 1")
     if not 1 <= config.index.neighbours <= 1000:

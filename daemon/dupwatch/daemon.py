@@ -7,6 +7,7 @@ only ever changed from one place. SIGTERM finishes the file in flight and exits 
 
 from __future__ import annotations
 
+import itertools
 import queue
 import signal
 import sys
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import TextIO, TypeAlias
 
 import structlog
 
@@ -63,6 +64,9 @@ class _Missing:
 @dataclass(frozen=True, slots=True)
 class _Gone:
     path: Path
+
+
+_Item: TypeAlias = _Settled | _Missing | _Gone
 
 
 class StoreKnownFiles:
@@ -141,7 +145,9 @@ class Daemon:
         self._s = services
         self._notifier = notifier or Notifier()
         self._progress = progress or Progress()
-        self._queue: queue.Queue[_Settled | _Missing | _Gone] = queue.Queue()
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        # Items taken from the queue whose settled files are being fingerprinted ahead.
+        self._pending: deque[_Item] = deque()
         self._stop = threading.Event()
         self._unhealthy: str | None = None
         self._paused: dict[Path, str] = {}
@@ -198,15 +204,12 @@ class Daemon:
         last_ping = last_status = 0.0
         try:
             while not self._stop.is_set():
-                try:
-                    item = self._queue.get(timeout=_TICK)
-                except queue.Empty:
-                    item = None
+                item = self._next_item()
                 if item is not None:
                     self._handle(item)
                 self._flush_gone(time.monotonic())
                 self._s.pipeline.retry_deferred()
-                self._progress.tick(self._queue.qsize())
+                self._progress.tick(self._backlog())
                 self._s.index.maybe_rebuild()
                 now = time.monotonic()
                 if ping_every is not None and now - last_ping >= ping_every:
@@ -232,11 +235,36 @@ class Daemon:
         log.info("daemon_stopped", reason="signal", exit_code=0)
         return 0
 
-    def _handle(self, item: _Settled | _Missing | _Gone) -> None:
+    def _next_item(self) -> _Item | None:
+        """The next item in arrival order, once the settled files behind it are being
+        fingerprinted ahead (decisions stay in order; only the analysis runs early)."""
+        if not self._pending:
+            try:
+                self._pending.append(self._queue.get(timeout=_TICK))
+            except queue.Empty:
+                return None
+        ahead = self._s.worker.size
+        while len(self._pending) <= ahead:
+            try:
+                self._pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in itertools.islice(self._pending, ahead + 1):
+            if isinstance(item, _Settled) and not self._is_paused(item.path):
+                self._s.worker.prefetch(item.path)
+        return self._pending.popleft()
+
+    def _backlog(self) -> int:
+        return self._queue.qsize() + len(self._pending)
+
+    def _handle(self, item: _Item) -> None:
         if isinstance(item, _Settled):
             if self._is_paused(item.path):
                 return
-            result = self._s.pipeline.process(item.path)
+            try:
+                result = self._s.pipeline.process(item.path)
+            finally:
+                self._s.worker.forget(item.path)
             if result is not None:
                 self._progress.done += 1
                 self._counters["processed"] += 1
@@ -261,7 +289,7 @@ class Daemon:
         publish(
             self._s.store,
             started_at=self._started_at,
-            queued=self._queue.qsize(),
+            queued=self._backlog(),
             counters=dict(self._counters),
             watcher=self._watcher.health(),
             index=self._s.index.stats(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ from dupwatch.records import Action, FileStatus, StatKey, Tier
 from dupwatch.renames import follow_rename
 from dupwatch.store import Store
 from dupwatch.store.records import FileRecord
-from dupwatch.worker import AnalysisWorker, Fingerprint
+from dupwatch.verify import Verification
+from dupwatch.worker import Fingerprint
+from dupwatch.workerpool import AnalysisPool
 
 log = structlog.get_logger(__name__)
 
@@ -178,7 +181,7 @@ class Pipeline:
         store: Store,
         index: VectorIndex,
         hashes: HashIndex,
-        worker: AnalysisWorker,
+        worker: AnalysisPool,
         quarantine: Quarantine | None,
         model_id: str,
         dry_run: bool = False,
@@ -450,11 +453,21 @@ class Pipeline:
         proposed = sorted(
             (p for p in usable if _proposed(p, threshold)), key=lambda p: not _hash_near(p)
         )
-        for pair in proposed[:MAX_VERIFIED_CANDIDATES]:
-            self._verify(pair, fingerprint)
-            # One confirmed original is enough; a vetoed one (a burst neighbour) is not.
-            if pair.verified and not camera_times_differ(new_facts, _facts(pair.record, pair.meta)):
-                break
+        # Verified side by side when there are several workers, but taken in order: the
+        # outcome is the same as one at a time, and what is not needed yet is dropped.
+        chosen = proposed[:MAX_VERIFIED_CANDIDATES]
+        pending = [self._worker.verify_later(fingerprint.pixels, p.record.path) for p in chosen]
+        try:
+            for pair, verification in zip(chosen, pending, strict=True):
+                self._take_verification(pair, verification)
+                # One confirmed original is enough; a vetoed one (a burst neighbour) is not.
+                if pair.verified and not camera_times_differ(
+                    new_facts, _facts(pair.record, pair.meta)
+                ):
+                    break
+        finally:
+            for verification in pending:
+                verification.cancel()
         self._log_candidates(file.path, usable)
         return usable
 
@@ -498,9 +511,10 @@ class Pipeline:
             vector = oriented[variant]
         return float(np.dot(vector, stored) / max(float(np.linalg.norm(stored)), 1e-12))
 
-    def _verify(self, pair: _Pair, fingerprint: Fingerprint) -> None:
+    @staticmethod
+    def _take_verification(pair: _Pair, pending: Future[tuple[Verification, PhotoMeta]]) -> None:
         try:
-            verification, meta = self._worker.verify(fingerprint.pixels, pair.record.path)
+            verification, meta = pending.result()
         except FileRejected as exc:
             # The known file cannot be read now: no verification, so no automatic action.
             pair.verification = {"same": False, "reason": f"known_file_{exc.reason}"}

@@ -24,7 +24,8 @@ from dupwatch.quarantine import Quarantine
 from dupwatch.records import FileStatus, JournalState
 from dupwatch.statepaths import database_path, model_cache_dir, snapshot_dir
 from dupwatch.store import Store
-from dupwatch.worker import AnalysisWorker, WorkerSettings
+from dupwatch.worker import WorkerSettings
+from dupwatch.workerpool import AnalysisPool, default_worker_count
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +72,7 @@ class Services:
 
     config: Config
     store: Store
-    worker: AnalysisWorker
+    worker: AnalysisPool
     index: VectorIndex
     hashes: HashIndex
     quarantine: Quarantine | None
@@ -122,7 +123,7 @@ def open_services(
             store = Store.open(database_path(scratch))
     else:
         store = open_store(state_dir)
-    worker: AnalysisWorker | None = None
+    worker: AnalysisPool | None = None
     try:
         absolute = tuple(absolute_root(r) for r in roots)
         quarantine = None
@@ -131,14 +132,15 @@ def open_services(
             # Earlier roots too: recovery may need to finish a move made under one of them.
             quarantine = open_quarantine(store, config, remembered_roots(store))
             recover_quarantine(store, quarantine)
-        worker = AnalysisWorker(
+        worker = AnalysisPool(
             WorkerSettings(
                 config.decode,
                 config.model,
                 model_cache_dir(state_dir),
                 log=config.log,
                 log_to_stderr=log_to_stderr,
-            )
+            ),
+            size=config.model.workers or default_worker_count(),
         )
         worker.start()
         snapshots = snapshot_dir(scratch if scratch is not None else state_dir)

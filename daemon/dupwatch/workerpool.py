@@ -1,0 +1,231 @@
+"""Several analysis workers behind one handle, with look-ahead fingerprinting.
+
+Decisions are made one file at a time, in arrival order, because each file is compared with
+every file before it. Fingerprinting a file (decode, hashes, embedding) needs nothing of the
+files before it, so it can start while earlier files are still being searched, verified and
+recorded: ``prefetch`` queues a file's fingerprint, and ``fingerprint`` later takes it if the
+file still has the same bytes. Requests for the file being decided always go before look-ahead
+work, so prefetching never delays a decision by more than the one fingerprint under way.
+
+Each worker is an ``AnalysisWorker`` (its own process, memory limit, timeout and restart) driven
+by a thread of this process; the threads only wait on pipes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from dupwatch.images import FileBytes, PhotoMeta, read_file
+from dupwatch.verify import Verification
+from dupwatch.worker import AnalysisWorker, Fingerprint, WorkerSettings
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Look-ahead fingerprints waiting to be taken; beyond this, ``prefetch`` is a no-op.
+MAX_PREFETCHED = 8
+_URGENT, _AHEAD = 0, 1
+
+
+def default_worker_count() -> int:
+    """One worker per usable core, at most two: beyond that the in-order decisions are the
+    bottleneck, and each worker holds its own copy of the model (~200 MB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+@dataclass(order=True)
+class _Task:
+    priority: int
+    sequence: int
+    run: Callable[[AnalysisWorker], Any] = field(compare=False)
+    future: Future[Any] = field(compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefetched:
+    sha256: Future[str]
+    fingerprint: Future[Fingerprint]
+
+
+class AnalysisPool:
+    """``size`` analysis workers serving fingerprint, verify and embed requests."""
+
+    def __init__(self, settings: WorkerSettings, size: int = 1) -> None:
+        if size < 1:
+            raise ValueError("an analysis pool needs at least one worker")
+        self._settings = settings
+        self._workers = [AnalysisWorker(settings) for _ in range(size)]
+        self._tasks: queue.PriorityQueue[_Task] = queue.PriorityQueue()
+        self._sequence = itertools.count()
+        self._threads: list[threading.Thread] = []
+        self._prefetched: dict[Path, _Prefetched] = {}
+        self._lock = threading.Lock()
+        self.model_id = ""
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    @property
+    def restarts(self) -> int:
+        return sum(w.restarts for w in self._workers)
+
+    def start(self) -> None:
+        """Start every worker and wait until each has its model; ModelError if one cannot.
+
+        The first worker starts alone: it may have to build the model cache the others read.
+        """
+        first, *rest = self._workers
+        first.start()
+        errors: list[BaseException] = []
+
+        def start(worker: AnalysisWorker) -> None:
+            try:
+                worker.start()
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                errors.append(exc)
+
+        starters = [threading.Thread(target=start, args=(w,)) for w in rest]
+        for thread in starters:
+            thread.start()
+        for thread in starters:
+            thread.join()
+        if errors:
+            for worker in self._workers:
+                worker.close()
+            raise errors[0]
+        self.model_id = first.model_id
+        for number, worker in enumerate(self._workers):
+            thread = threading.Thread(
+                target=self._serve, args=(worker,), name=f"dupwatch-analysis-{number}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        log.debug("analysis_pool_started", workers=self.size)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(_Task(2, next(self._sequence), _stop, Future()))
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+        for worker in self._workers:
+            worker.close()
+        with self._lock:
+            self._prefetched.clear()
+
+    def _serve(self, worker: AnalysisWorker) -> None:
+        while True:
+            task = self._tasks.get()
+            if task.run is _stop:
+                return
+            if not task.future.set_running_or_notify_cancel():
+                continue
+            try:
+                task.future.set_result(task.run(worker))
+            except BaseException as exc:  # handed to whoever waits on the future
+                task.future.set_exception(exc)
+
+    def _submit(self, priority: int, run: Callable[[AnalysisWorker], T]) -> Future[T]:
+        future: Future[T] = Future()
+        if not self._threads:
+            raise RuntimeError("the analysis pool is not started")
+        self._tasks.put(_Task(priority, next(self._sequence), run, future))
+        return future
+
+    def _call(self, run: Callable[[AnalysisWorker], T]) -> T:
+        return self._submit(_URGENT, run).result()
+
+    # --- the worker's requests ----------------------------------------------------------------
+
+    def fingerprint(self, file: FileBytes) -> Fingerprint:
+        """The fingerprint of ``file``: the prefetched one if it was made from these bytes."""
+        with self._lock:
+            ahead = self._prefetched.pop(file.path, None)
+        # A look-ahead that has not started yet is dropped: this request goes first instead.
+        if ahead is not None and not ahead.fingerprint.cancel():
+            try:
+                same_bytes = ahead.sha256.result() == file.sha256
+            except Exception:
+                same_bytes = False  # the look-ahead read failed; this read did not
+            if same_bytes:
+                return ahead.fingerprint.result()
+        return self._call(lambda worker: worker.fingerprint(file))
+
+    def verify_later(
+        self, pixels: NDArray[np.uint8], known_path: Path
+    ) -> Future[tuple[Verification, PhotoMeta]]:
+        """``verify`` started now on the next free worker, ahead of look-ahead work; cancel
+        the future if its answer is no longer needed."""
+        return self._submit(_URGENT, lambda worker: worker.verify(pixels, known_path))
+
+    def embed(self, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
+        return self._call(lambda worker: worker.embed(images))
+
+    # --- look-ahead ---------------------------------------------------------------------------
+
+    def prefetch(self, path: Path) -> None:
+        """Start reading and fingerprinting ``path`` in the background, if there is room.
+
+        Nothing is decided from it: ``fingerprint`` uses it only for the same bytes.
+        """
+        with self._lock:
+            if path in self._prefetched or len(self._prefetched) >= MAX_PREFETCHED:
+                return
+            sha256: Future[str] = Future()
+            max_bytes = self._settings.decode.max_file_mib * 2**20
+
+            def run(worker: AnalysisWorker) -> Fingerprint:
+                try:
+                    file = read_file(path, max_file_bytes=max_bytes)
+                except BaseException as exc:
+                    sha256.set_exception(exc)
+                    raise
+                sha256.set_result(file.sha256)
+                return worker.fingerprint(file)
+
+            self._prefetched[path] = _Prefetched(sha256, self._submit(_AHEAD, run))
+
+    def forget(self, path: Path) -> None:
+        """Drop a prefetched fingerprint nobody took (an exact copy, an unchanged file)."""
+        with self._lock:
+            ahead = self._prefetched.pop(path, None)
+        if ahead is not None:
+            ahead.fingerprint.cancel()
+
+
+def _stop(_worker: AnalysisWorker) -> None:
+    """Marker task: the serving thread returns."""
+
+
+def looking_ahead(paths: Iterable[Path], pool: AnalysisPool) -> Iterator[Path]:
+    """Yield ``paths`` in order while the next few are fingerprinted in the background."""
+    window: list[Path] = []
+    source = iter(paths)
+    for path in source:
+        window.append(path)
+        pool.prefetch(path)
+        if len(window) > pool.size:
+            current = window.pop(0)
+            yield current
+            pool.forget(current)
+    for current in window:
+        yield current
+        pool.forget(current)

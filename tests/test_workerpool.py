@@ -1,0 +1,142 @@
+"""The analysis pool: look-ahead fingerprints are used only for the bytes they were made from."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from skimage import data
+
+from dupwatch.config import Config
+from dupwatch.errors import NotAnImage
+from dupwatch.images import read_file
+from dupwatch.worker import WorkerSettings
+from dupwatch.workerpool import AnalysisPool, looking_ahead
+
+
+def write_jpeg(path: Path, rgb: NDArray[np.uint8]) -> Path:
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def cosine(a: NDArray[np.float32], b: NDArray[np.float32]) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalysisPool]:
+    config = Config()
+    cache = tmp_path_factory.mktemp("model-cache")
+    opened = AnalysisPool(WorkerSettings(config.decode, config.model, cache), size=2)
+    opened.start()
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _children() -> set[int]:
+    tasks = Path(f"/proc/{os.getpid()}/task")
+    found: set[int] = set()
+    for task in tasks.iterdir():
+        children = (task / "children").read_text().split()
+        found.update(int(pid) for pid in children)
+    return found
+
+
+def test_prefetched_fingerprint_is_used_for_the_same_bytes(
+    pool: AnalysisPool, tmp_path: Path
+) -> None:
+    path = write_jpeg(tmp_path / "coffee.jpg", data.coffee())
+    pool.prefetch(path)
+    file = read_file(path)
+    direct = pool.fingerprint(file)
+    # Bytes that are not an image under the same digest can only succeed through the
+    # fingerprint made ahead of time from the real bytes. A look-ahead not yet started when
+    # it is asked for is dropped, so give it a moment to run.
+    claimed = dataclasses.replace(file, data=b"not an image at all")
+    ahead = None
+    for attempt in range(1, 20):
+        pool.prefetch(path)
+        time.sleep(0.1 * attempt)
+        try:
+            ahead = pool.fingerprint(claimed)
+            break
+        except NotAnImage:
+            continue
+    assert ahead is not None, "the prefetched fingerprint was never used"
+    assert cosine(ahead.vector, direct.vector) > 0.9999
+    assert ahead.phash == direct.phash
+
+
+def test_file_changed_after_its_prefetch_is_fingerprinted_from_its_new_bytes(
+    pool: AnalysisPool, tmp_path: Path
+) -> None:
+    path = write_jpeg(tmp_path / "photo.jpg", data.coffee())
+    pool.prefetch(path)
+    stale = pool.fingerprint(read_file(path))
+    pool.prefetch(path)
+    write_jpeg(path, data.astronaut())
+    fresh = pool.fingerprint(read_file(path))
+    assert fresh.phash != stale.phash
+    assert cosine(fresh.vector, stale.vector) < 0.9
+
+
+def test_prefetch_of_a_vanished_file_does_not_spoil_a_later_read(
+    pool: AnalysisPool, tmp_path: Path
+) -> None:
+    path = tmp_path / "later.jpg"
+    pool.prefetch(path)  # not there yet: the look-ahead read fails
+    write_jpeg(path, data.chelsea())
+    fingerprint = pool.fingerprint(read_file(path))
+    assert fingerprint.width == data.chelsea().shape[1]
+
+
+def test_rejection_of_prefetched_bytes_is_raised_for_those_bytes(
+    pool: AnalysisPool, tmp_path: Path
+) -> None:
+    path = tmp_path / "text.jpg"
+    path.write_bytes(b"just some text, saved with a photo's name\n" * 20)
+    pool.prefetch(path)
+    with pytest.raises(NotAnImage):
+        pool.fingerprint(read_file(path))
+
+
+def test_forgotten_prefetches_leave_nothing_behind(pool: AnalysisPool, tmp_path: Path) -> None:
+    paths = [write_jpeg(tmp_path / f"{i}.jpg", data.astronaut()[i * 40 :]) for i in range(5)]
+    for path in paths:
+        pool.prefetch(path)
+    for path in paths:
+        pool.forget(path)
+    # The pool still answers, first in line, after its look-ahead was thrown away.
+    assert pool.fingerprint(read_file(paths[0])).width == 512
+
+
+def test_looking_ahead_yields_every_path_once_in_order(pool: AnalysisPool, tmp_path: Path) -> None:
+    paths = [write_jpeg(tmp_path / f"{i}.jpg", data.rocket()[:, i * 30 :]) for i in range(6)]
+    seen = []
+    for path in looking_ahead(paths, pool):
+        seen.append(path)
+        pool.fingerprint(read_file(path))
+    assert seen == paths
+
+
+def test_pool_runs_one_process_per_worker_and_close_ends_them(tmp_path: Path) -> None:
+    config = Config()
+    before = _children()
+    pool = AnalysisPool(WorkerSettings(config.decode, config.model, tmp_path), size=2)
+    pool.start()
+    try:
+        started = _children() - before
+        assert len(started) == 2
+        assert pool.model_id
+    finally:
+        pool.close()
+    assert not (_children() & started)
