@@ -59,6 +59,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from dupwatch.filters import PathFilter
     from dupwatch.reconcile import walk_files
     from dupwatch.runtime import open_services
+    from dupwatch.workerpool import looking_ahead
 
     targets = _scan_targets(args.paths, config)
     roots = list(dict.fromkeys(root for root, _ in targets))
@@ -75,7 +76,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 files = [start]
             else:
                 files = sorted(p for p, _ in walk_files(root, path_filter, start=start))
-            for path in files:
+            for path in looking_ahead(files, services.worker):
                 result = services.pipeline.process(path)
                 if result is None:
                     unchanged += 1
