@@ -66,8 +66,9 @@ def _set_text(r: dict[str, Any]) -> str:
         + "), brought to "
         f"{r['dims']} with mild noise and JPEG quality 85-94; each window holds "
         f"{c['window_mp_min']:.2f}-{c['window_mp_max']:.2f} MP of source pixels "
-        f"(median {c['window_mp_median']:.2f}): the photos hold about 312 MP in all, so "
-        "windows this many are small and upscaled. Windows with almost no structure "
+        f"(median {c['window_mp_median']:.2f}): the photos hold about 300 MP in all, so "
+        "this many windows are small and upscaled (windows of 0.4 MP would give about 500). "
+        "Windows with almost no structure "
         f"(clear sky, sand, black sky around a galaxy; {c['windows_dropped']} of those cut) "
         "were dropped, because the windows of such a patch are the same picture."
     )

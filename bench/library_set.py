@@ -8,8 +8,9 @@ windows with a gap between neighbours (no two windows share a source pixel). Eve
 brought to phone size with mild sensor-like noise and a JPEG quality of 85-94.
 
 The window size is the largest one at which the sources hold enough windows for the stream: the
-sources hold about 312 MP in all, so a 2,000-file stream (1,700 distinct photos) gets windows of
-roughly 0.13 MP of source pixels, and large photos give many windows. Windows with almost no
+sources hold about 300 MP in all, so a 2,000-file stream (1,700 distinct photos, after dropping
+flat windows) gets windows of roughly 0.1 MP of source pixels, upscaled, and large photos give
+many windows; windows of 0.4 MP or more would give about 500. Windows with almost no
 detail (a clear sky, a black frame of sky around a galaxy) are dropped: such windows of one photo
 are the same picture to any perceptual fingerprint. The members of a hard-negative group (frames
 of one video, a stereo pair) take turns over one grid, so two of them never show the same region.
@@ -48,7 +49,7 @@ LIBRARY_DIR = CACHE / "daemon-library"
 VERSION = 2
 SEED = 2000
 # Sources left out, and why: found by a dry-run scan of 400 distinct windows.
-EXCLUDED = {"o037": "Volna: one sand-and-water texture; its windows are the same picture"}
+EXCLUDED = {"o037": "Volna, one sand-and-water texture whose windows are the same picture"}
 PLANNED = 2000
 COPY_SHARE = 0.15
 COPY_KINDS = ("exact", "messenger", "resize_50", "png", "crop_5")
