@@ -63,12 +63,13 @@ def photometric_fit(
     original's luma poorly, but the original's colours predict the grey copy's luma well; a
     hue shift is undone exactly on the value channel.
     """
-    best: tuple[float, Floats, Floats, str] | None = None
-    # Every third valid pixel is plenty for a dozen coefficients.
+    best: tuple[float, Floats, Floats, Floats, str] | None = None
+    # Every third valid pixel is plenty for a dozen coefficients; the whole grid is
+    # predicted only once, under the fit that wins.
     sample = np.flatnonzero(valid.ravel())[::3]
     for direction, target_grid, source in (("b->a", grid_a, grid_b), ("a->b", grid_b, grid_a)):
-        design = _design(source)
-        x = design[sample]
+        pixels = source.reshape(-1, 1, source.shape[2]) if source.ndim == 3 else source.ravel()
+        x = _design(pixels[sample])
         for kind, y in _targets(target_grid):
             yv = y.ravel()[sample]
             keep = np.ones(yv.shape, dtype=bool)
@@ -81,10 +82,11 @@ def photometric_fit(
                 keep = err <= 2.5 * float(np.median(err)) + 1.0
             score = float(np.median(err))
             if best is None or score < best[0]:
-                predicted = (design @ coef).reshape(y.shape)
-                best = (score, y, predicted, f"{direction} {kind}")
+                best = (score, y, source, coef, f"{direction} {kind}")
     assert best is not None
-    return best[1], best[2], best[3]
+    _, target, source, coef, how = best
+    predicted = (_design(source) @ coef).reshape(target.shape)
+    return target, predicted, how
 
 
 def _least_squares(x: Floats, y: Floats) -> Floats:

@@ -219,6 +219,10 @@ def measure(
             continue
         if attempt(found):
             return tried
+        if not exhaustive and found.angle_error <= thresholds.max_angle_error:
+            # The images already line up as they are (two framings of one scene): a mirror
+            # cannot relate them as well, and its features would cost as much again.
+            break
     return tried
 
 
