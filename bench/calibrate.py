@@ -62,7 +62,7 @@ COLLECT_HASH_DISTANCE = 12
 
 def collect(set_dir: Path, out: Path, config_path: Path | None) -> None:
     """Scan ``set_dir`` (sorted order, dry run, fresh state) and save every candidate's signals."""
-    from dupwatch import pipeline
+    from dupwatch import candidates as search
     from dupwatch.config import Config, load_config
     from dupwatch.filters import PathFilter
     from dupwatch.logs import configure_logging
@@ -74,10 +74,10 @@ def collect(set_dir: Path, out: Path, config_path: Path | None) -> None:
         config.policy, candidate_threshold=COLLECT_THRESHOLD, similar_threshold=COLLECT_THRESHOLD
     )
     config = dataclasses.replace(config, policy=wide)
-    pipeline.MAX_VERIFIED_CANDIDATES = COLLECT_VERIFIED
+    search.MAX_VERIFIED_CANDIDATES = COLLECT_VERIFIED
     # Hash matches are gathered from further out; which of them are verified (first) stays
     # as shipped, so the order of verification is the pipeline's.
-    pipeline.HASH_CANDIDATE_DISTANCE = COLLECT_HASH_DISTANCE
+    search.HASH_CANDIDATE_DISTANCE = COLLECT_HASH_DISTANCE
 
     events = io.StringIO()
     configure_logging("debug", "json", stream=events)
@@ -389,14 +389,14 @@ def report(labels_path: Path, signals: Path, current: Setting, *, full: bool) ->
 
 def shipped() -> Setting:
     """The candidate rule as shipped: config defaults and the pipeline's constants."""
-    from dupwatch import pipeline
+    from dupwatch import candidates as search
     from dupwatch.config import PolicyConfig
 
     policy = PolicyConfig()
     return Setting(
         policy.candidate_threshold,
-        pipeline.MAX_VERIFIED_CANDIDATES,
-        pipeline.HASH_VERIFY_DISTANCE,
+        search.MAX_VERIFIED_CANDIDATES,
+        search.HASH_VERIFY_DISTANCE,
         policy.similar_threshold,
     )
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from dupwatch import pipeline
+from dupwatch import candidates
 from dupwatch.config import Config
 from dupwatch.filters import PathFilter
 from dupwatch.logs import configure_logging
@@ -49,8 +49,8 @@ def _cpu() -> float:
 
 def scan(folder: Path, files: list[Path], verify: bool) -> dict[str, float]:
     """Scan ``files`` once (the first one warms up and is not counted)."""
-    saved = pipeline.MAX_VERIFIED_CANDIDATES
-    pipeline.MAX_VERIFIED_CANDIDATES = saved if verify else 0
+    saved = candidates.MAX_VERIFIED_CANDIDATES
+    candidates.MAX_VERIFIED_CANDIDATES = saved if verify else 0
     verified = 0
 
     def count(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
@@ -73,7 +73,7 @@ def scan(folder: Path, files: list[Path], verify: bool) -> dict[str, float]:
             wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
             services.close()
     finally:
-        pipeline.MAX_VERIFIED_CANDIDATES = saved
+        candidates.MAX_VERIFIED_CANDIDATES = saved
         configure_logging("warning", "console", stream=sys.stderr)
     n = len(files) - 1
     return {"files": n, "wall": wall, "cpu": cpu, "verified": verified}
