@@ -30,6 +30,7 @@ from dupwatch.records import FileStatus, StatKey, Tier
 from dupwatch.runtime import Services
 from dupwatch.status import mark_stopped, publish
 from dupwatch.store import Store
+from dupwatch.store.records import FileRecord
 from dupwatch.watcher import Watcher, WatcherSettings
 
 log = structlog.get_logger(__name__)
@@ -300,7 +301,11 @@ class Daemon:
         return root is not None
 
     def _mark_missing(self, root: Path, paths: Sequence[Path]) -> None:
-        if root in self._paused or not paths:
+        if root in self._paused:
+            return
+        # Only what would really change counts: a renamed file's record has moved with it.
+        paths = [p for p in paths if self._vanished(p) is not None]
+        if not paths:
             return
         known = sum(1 for _ in self._s.store.files_under(root, (FileStatus.INDEXED,)))
         recent = self._gone_recent.setdefault(root, deque())
@@ -322,16 +327,23 @@ class Daemon:
             return
         recent.extend(now for _ in self._mark_gone(paths))
 
+    def _vanished(self, path: Path) -> FileRecord | None:
+        """The record of a file in place at ``path`` that is really not there any more."""
+        record = self._s.store.file_by_path(path)
+        # A quarantined file left its path on purpose; only files in place can go missing.
+        if record is None or record.status not in (FileStatus.INDEXED, FileStatus.FAILED):
+            return None
+        if path.exists() or path.is_symlink():
+            return None  # back again (or replaced): the walk or the watcher will hand it over
+        return record
+
     def _mark_gone(self, paths: Iterable[Path]) -> list[Path]:
         """Mark files gone that are really not there; returns those marked."""
         marked = []
         for path in paths:
-            record = self._s.store.file_by_path(path)
-            # A quarantined file left its path on purpose; only files in place can go missing.
-            if record is None or record.status not in (FileStatus.INDEXED, FileStatus.FAILED):
+            record = self._vanished(path)
+            if record is None:
                 continue
-            if path.exists() or path.is_symlink():
-                continue  # back again (or replaced): the walk or the watcher will hand it over
             self._s.store.set_file_status(record.id, FileStatus.GONE)
             self._s.index.remove(record.id)
             self._s.hashes.remove(record.id)
