@@ -244,6 +244,26 @@ def test_directory_moved_into_the_tree_gets_its_files_found(tmp_path: Path, jpeg
         assert sorted(got.paths()) == sorted(expected + late)
 
 
+def test_directory_moved_out_of_the_tree_reports_its_files_missing(
+    tmp_path: Path, jpeg: bytes
+) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "trip" / "day1").mkdir(parents=True)
+    outside.mkdir()
+    leaving = [root / "trip" / "a.jpg", root / "trip" / "day1" / "b.jpg"]
+    staying = root / "c.jpg"
+    for path in [*leaving, staying]:
+        path.write_bytes(jpeg)
+    missing: list[tuple[Path, list[Path]]] = []
+    with watching([root], on_missing=lambda r, ps: missing.append((r, list(ps)))) as (_, got):
+        assert got.wait_for(lambda ps: {*leaving, staying} <= set(ps))
+        (root / "trip").rename(outside / "trip")
+        # No event names the files inside, and the timed walk is an hour away.
+        assert wait_until(lambda: bool(missing), timeout=10)
+        quiet()
+    assert [(r, sorted(ps)) for r, ps in missing] == [(root, sorted(leaving))]
+
+
 def test_consumer_exception_does_not_stop_delivery(tmp_path: Path, jpeg: bytes) -> None:
     with watching([tmp_path], collector=Collector(fail_first=1)) as (_, got):
         first = tmp_path / "first.jpg"

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import structlog
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileAttribEvent,
     FileClosedEvent,
@@ -46,6 +47,9 @@ EVENT_TYPES: list[type[FileSystemEvent]] = [
     FileMovedEvent,
     DirMovedEvent,
     FileDeletedEvent,
+    # A directory moved out of the tree arrives only as this (inotify cannot say where it went),
+    # with no event for the files inside it.
+    DirDeletedEvent,
 ]
 
 try:
@@ -67,6 +71,8 @@ class EventSink(Protocol):
     def file_gone(self, path: Path) -> None: ...
 
     def directory_arrived(self, path: Path) -> None: ...
+
+    def directory_gone(self, path: Path) -> None: ...
 
 
 def _path(raw: bytes | str) -> Path | None:
@@ -95,6 +101,10 @@ class FilteringHandler(FileSystemEventHandler):
             arrived = dest if isinstance(event, DirMovedEvent) else src
             if arrived is not None and self._filter.wanted_dir(arrived, self._root):
                 self._sink.directory_arrived(arrived)
+        elif isinstance(event, DirDeletedEvent):
+            # The root's own deletion is the sentinel's to judge (an unmounted share).
+            if src is not None and src != self._root and self._filter.wanted_dir(src, self._root):
+                self._sink.directory_gone(src)
         elif isinstance(event, FileMovedEvent):
             if src is not None and self._filter.wanted_file(src, self._root):
                 self._sink.file_gone(src)

@@ -3,7 +3,8 @@
 inotify gives latency, reconciliation gives correctness. Each local root has its own watchdog
 observer whose handler only filters and enqueues; one settle thread hands over complete files;
 one walk thread reconciles roots at start-up, every ``rescan_interval``, after an observer
-restart or an inotify overflow, and for directories that arrive; network roots are walked
+restart or an inotify overflow, and for directories that arrive; the known files of a directory
+that leaves (moved out of the tree) are reported missing from there too; network roots are walked
 every ``poll_interval`` instead of watched. A supervisor thread restarts dead observers, keeps
 the per-root sentinel (a vanished, remounted or emptied root pauses that root), and gives up
 (``healthy`` turns False) when observers keep dying.
@@ -94,6 +95,7 @@ class Watcher:
         )
         self._lock = threading.Lock()
         self._walk_requests: dict[Path, str] = {}  # root or subtree -> reason
+        self._gone_directories: set[Path] = set()
         self._wake_walker = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -170,6 +172,12 @@ class Watcher:
         # watchdog may not watch a moved-in directory, and files can land before its watch.
         self.request_reconcile(path, "directory_arrived")
 
+    def directory_gone(self, path: Path) -> None:
+        # Its files get no events of their own; the store, read on the walk thread, knows them.
+        with self._lock:
+            self._gone_directories.add(path)
+        self._wake_walker.set()
+
     # --- internals ---
 
     def _make_handler(self, root: Path) -> FileSystemEventHandler:
@@ -226,7 +234,14 @@ class Watcher:
             with self._lock:
                 requests = dict(self._walk_requests)
                 self._walk_requests.clear()
+                gone = sorted(self._gone_directories)
+                self._gone_directories.clear()
                 self._wake_walker.clear()
+            for directory in gone:
+                try:
+                    self._directory_gone(directory)
+                except Exception:
+                    log.exception("directory_gone_failed", path=directory)
             for target, reason in requests.items():
                 if self._stopping.is_set():
                     return
@@ -234,6 +249,19 @@ class Watcher:
                     self._walk(target, reason)
                 except Exception:
                     log.exception("reconcile_failed", path=target, reason=reason)
+
+    def _directory_gone(self, directory: Path) -> None:
+        root_path = root_of(directory, self._roots)
+        if root_path is None or os.path.lexists(directory):
+            return  # back already (or replaced): events and walks see what is there now
+        root = self._roots[root_path]
+        missing = [
+            p
+            for p in self._known.paths_under(directory)
+            if self.path_filter.wanted_file(p, root_path)
+        ]
+        log.info("directory_gone", root=root_path, path=directory, missing=len(missing))
+        self._report_missing(root, missing)
 
     def _walk(self, target: Path, reason: str) -> None:
         root_path = root_of(target, self._roots)
@@ -267,13 +295,16 @@ class Watcher:
             unreadable=len(result.unreadable),
             duration_ms=round(result.seconds * 1000),
         )
+        self._report_missing(root, result.missing)
+
+    def _report_missing(self, root: WatchedRoot, missing: Sequence[Path]) -> None:
         # Missing files are reported only if the root still looks right after the walk.
-        if result.missing and root.available and root.sentinel.check() is None:
+        if missing and root.available and root.sentinel.check() is None:
             if self._last_walk is not None:
-                self._last_walk.forget(result.missing)
+                self._last_walk.forget(missing)
             if self._on_missing is not None:
                 try:
-                    self._on_missing(root.path, result.missing)
+                    self._on_missing(root.path, missing)
                 except Exception:
                     log.exception("missing_consumer_failed", root=root.path)
 
