@@ -4,7 +4,11 @@ consumer faults, observer restarts, network roots and the root sentinel."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +25,7 @@ from dupwatch import watcher as watcher_module
 from dupwatch.records import StatKey
 from dupwatch.watcher import Watcher, WatcherSettings
 
+WATCHER_CHILD = Path(__file__).with_name("watcher_child.py")
 SETTLE = 0.3
 FAST = WatcherSettings(
     settle_seconds=SETTLE,
@@ -262,6 +267,49 @@ def test_directory_moved_out_of_the_tree_reports_its_files_missing(
         assert wait_until(lambda: bool(missing), timeout=10)
         quiet()
     assert [(r, sorted(ps)) for r, ps in missing] == [(root, sorted(leaving))]
+
+
+def test_directory_moved_out_and_back_is_watched_again_without_a_warning(
+    tmp_path: Path, jpeg: bytes
+) -> None:
+    """watchdog registers the watches of the returning directory again; that is logged at debug
+    level, not as a warning, and files written there afterwards are still seen."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "trip" / "day1").mkdir(parents=True)
+    outside.mkdir()
+    # In its own process: the logging under test is the daemon's, configured for the process.
+    child = subprocess.Popen(
+        [sys.executable, str(WATCHER_CHILD), str(root), str(SETTLE), "3600"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    lines: queue.Queue[bytes] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in child.stdout or ()])
+    reader.start()
+    try:
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        assert lines.get(timeout=30).startswith(b"ready")
+        (root / "trip").rename(outside / "trip")
+        quiet()
+        (outside / "trip").rename(root / "trip")
+        quiet()
+        late = root / "trip" / "day1" / "late.jpg"
+        late.write_bytes(jpeg)
+        assert lines.get(timeout=10) == f"settled {os.fsencode(late).hex()}\n".encode()
+    finally:
+        child.terminate()
+        try:
+            _, err = child.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            _, err = child.communicate(timeout=5)
+        reader.join(10)
+    events = [json.loads(x) for x in err.decode().splitlines() if x.startswith("{")]
+    loud = [e for e in events if e.get("level") != "debug" and "Overwritten" in str(e)]
+    assert loud == []
 
 
 def test_consumer_exception_does_not_stop_delivery(tmp_path: Path, jpeg: bytes) -> None:

@@ -81,6 +81,25 @@ class _StdStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass  # the stream is looked up on every write
 
 
+# watchdog keeps the watches of a directory moved out of a root (inotify cannot say where it
+# went) and, when that directory is moved back in, registers the same callback on them again
+# with a RuntimeWarning ending in this text. Nothing is lost or doubled, and only watchdog's own
+# bookkeeping could avoid it, so it is a debug detail rather than a warning for the journal.
+_WATCHDOG_REWATCH = "It will be Overwritten"
+
+
+class _DemoteWatchdogRewatch(logging.Filter):
+    """Turns watchdog's re-registered-watch warning (captured from ``warnings``) into debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "py.warnings" and record.levelno == logging.WARNING:
+            message = record.getMessage()
+            if _WATCHDOG_REWATCH in message and "watchdog" in message:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def under_systemd() -> bool:
     """True when stdout goes to the journal (systemd sets JOURNAL_STREAM for the service)."""
     return "JOURNAL_STREAM" in os.environ or "INVOCATION_ID" in os.environ
@@ -138,6 +157,7 @@ def configure_logging(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    handler.addFilter(_DemoteWatchdogRewatch())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
