@@ -14,7 +14,7 @@ import pytest
 from dupwatch.errors import StateDirError, StoreError
 from dupwatch.records import JournalState, Tier
 from dupwatch.statedir import check_state_dir, is_network_type, mount_type
-from dupwatch.store import MIGRATIONS, Store
+from dupwatch.store import MIGRATIONS, Store, base
 from dupwatch.store.base import connect
 
 
@@ -33,15 +33,61 @@ def _intent(store: Store, name: str = "a.jpg", **overrides: object) -> object:
     return store.journal_intent(**fields)  # type: ignore[arg-type]
 
 
-def test_open_sets_wal_full_sync_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:
+def test_open_sets_wal_normal_sync_foreign_keys_and_busy_timeout(tmp_path: Path) -> None:
     with Store.open(tmp_path / "db.sqlite") as store:
         conn = store._conn
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 30_000
         assert store.schema_version() == [m.name for m in MIGRATIONS._migrations]
         assert store.integrity_problems(quick=False) == []
+
+
+def _count_log_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files ``os.fsync`` is called on from the store, by name."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(str(Path(f"/proc/self/fd/{fd}").readlink()))
+        real(fd)
+
+    monkeypatch.setattr(base.os, "fsync", fsync)
+    return synced
+
+
+def test_journal_steps_and_verdicts_reach_the_disk_before_returning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store.open(tmp_path / "db.sqlite") as store:
+        synced = _count_log_syncs(monkeypatch)
+        entry = _intent(store)
+        assert synced == [str(tmp_path / "db.sqlite-wal")]
+        store.journal_set_state(entry.id, JournalState.DONE)  # type: ignore[attr-defined]
+        store.add_not_duplicate(1, 2)
+        assert len(synced) == 3
+
+
+def test_ordinary_writes_are_not_synced_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store.open(tmp_path / "db.sqlite") as store:
+        synced = _count_log_syncs(monkeypatch)
+        store.set_state("k", "v")
+        assert synced == []
+
+
+def test_durable_write_inside_a_batch_is_synced_when_the_batch_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store.open(tmp_path / "db.sqlite") as store:
+        synced = _count_log_syncs(monkeypatch)
+        with store.batch():
+            store.set_state("k", "v")
+            _intent(store)
+            assert synced == []  # nothing is committed yet
+        assert synced == [str(tmp_path / "db.sqlite-wal")]
 
 
 def test_journal_intent_round_trips_every_field_and_survives_reopen(tmp_path: Path) -> None:

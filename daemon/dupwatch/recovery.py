@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 
 class Journal(Protocol):
-    """The quarantine journal as the store provides it (synchronous=FULL commits)."""
+    """The quarantine journal as the store provides it (each step synced to disk)."""
 
     def journal_intent(
         self,

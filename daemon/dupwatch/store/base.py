@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -38,8 +39,10 @@ def connect(path: Path) -> sqlite3.Connection:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StoreError(f"{path}: cannot switch the database to WAL mode (got {mode})")
-        # FULL: a quarantine intent must survive power loss before the file is touched.
-        conn.execute("PRAGMA synchronous = FULL")
+        # NORMAL: a commit survives a crash of the process; a power cut may undo the last
+        # ones, which a reconciliation redoes. Writes that must survive power loss too (a
+        # quarantine intent before the file is touched) are made durable one by one.
+        conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot open the database: {_explain(path, exc)}") from exc
@@ -69,6 +72,8 @@ class StoreBase:
         self._conn = conn
         self._db = Database(conn)
         self._lock = threading.RLock()
+        # A durable write made inside a batch: the batch's commit syncs.
+        self._sync_at_commit = False
 
     @classmethod
     def open(cls, path: Path) -> Self:
@@ -94,7 +99,7 @@ class StoreBase:
         # One IMMEDIATE transaction around every pending migration: two processes opening a
         # new database at once cannot both migrate, and a crash leaves the old schema intact.
         try:
-            with self._write():
+            with self._write(durable=True):
                 MIGRATIONS.apply(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot migrate the database: {exc}") from exc
@@ -111,20 +116,34 @@ class StoreBase:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """A write transaction: all of it is committed, or none of it.
 
         Inside ``batch()`` it becomes a savepoint, so a failed call undoes only its own part.
-        A write SQLite refuses (a full disk, an I/O error) raises StoreError naming the cause.
+        ``durable``: on disk when this returns (or when the enclosing batch commits), power
+        cut or not. A write SQLite refuses (a full disk, an I/O error) raises StoreError
+        naming the cause.
         """
         try:
-            with self._transaction() as conn:
+            with self._transaction(durable) as conn:
                 yield conn
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: cannot write: {_explain(self.path, exc)}") from exc
 
+    def _sync_log(self) -> None:
+        """Flush the write-ahead log to disk: what synchronous=FULL does at every commit."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot sync the write-ahead log: {exc}") from exc
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, durable: bool) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._conn.in_transaction:
                 self._conn.execute("SAVEPOINT store_write")
@@ -135,11 +154,13 @@ class StoreBase:
                     self._conn.execute("RELEASE store_write")
                     raise
                 self._conn.execute("RELEASE store_write")
+                self._sync_at_commit |= durable
                 return
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
             except BaseException:
+                self._sync_at_commit = False
                 # SQLite may already have rolled back (a full disk does that).
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
@@ -147,9 +168,13 @@ class StoreBase:
             try:
                 self._conn.execute("COMMIT")
             except BaseException:
+                self._sync_at_commit = False
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+            if durable or self._sync_at_commit:
+                self._sync_at_commit = False
+                self._sync_log()
 
     @contextmanager
     def batch(self) -> Iterator[None]:

@@ -1,6 +1,6 @@
 """The quarantine journal and the "not a duplicate" pair verdicts.
 
-Each journal step is its own committed transaction (synchronous=FULL), so an intent is on disk
+Each journal step is its own durable transaction (synced to disk), so an intent is on disk
 before the file moves and recovery at start-up can finish or roll back whatever was pending.
 """
 
@@ -65,7 +65,7 @@ class JournalMixin(StoreBase):
     ) -> JournalEntry:
         """Record (durably) that ``original_path`` is about to move to ``quarantine_path``."""
         now = time.time()
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             cur = conn.execute(
                 "INSERT INTO journal (file_id, state, original_path, quarantine_path, sha256, "
                 "duplicate_of, tier, similarity, rule, created_at, updated_at) "
@@ -93,7 +93,7 @@ class JournalMixin(StoreBase):
         or a move the journal does not allow (such as restoring a rolled-back move).
         """
         now = time.time()
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             row = conn.execute("SELECT state FROM journal WHERE id = ?", (entry_id,)).fetchone()
             if row is None:
                 raise StoreError(f"journal entry {entry_id} does not exist")
@@ -113,7 +113,7 @@ class JournalMixin(StoreBase):
 
     def journal_update_quarantine_path(self, entry_id: int, quarantine_path: Path) -> None:
         """Record a different destination (the first choice was taken) for a pending move."""
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             cur = conn.execute(
                 "UPDATE journal SET quarantine_path = ?, updated_at = ? WHERE id = ?",
                 (path_to_blob(quarantine_path), time.time(), entry_id),
@@ -148,7 +148,7 @@ class JournalMixin(StoreBase):
         if file_a == file_b:
             raise ValueError("a file cannot be its own non-duplicate")
         low, high = sorted((file_a, file_b))
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO pair_verdicts (file_a, file_b, verdict, created_at) "
                 "VALUES (?, ?, 'not_duplicate', ?)",
