@@ -120,6 +120,21 @@ def dihedral_candidates(
     return found
 
 
+def mirror_resembles_more(a: Image, b: Image) -> bool:
+    """Whether mirrored ``b`` looks more like ``a`` than ``b`` as it is, turned either way.
+
+    Compared on tiny thumbnails squashed to a square, so a crop or a bar changes little; a
+    mirrored copy resembles its original far more mirrored than not.
+    """
+    thumb_a = _thumb(gray(a))
+    thumb_b = _thumb(gray(b))
+
+    def best(tb: NDArray[np.float32]) -> float:
+        return max(_correlation(thumb_a, np.rot90(tb, k)) for k in range(4))
+
+    return best(thumb_b[:, ::-1]) > best(thumb_b)
+
+
 def _thumb(g: Image) -> NDArray[np.float32]:
     return cv2.resize(g, (_THUMB, _THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
 

@@ -40,6 +40,7 @@ from dupwatch.alignment import (
     dihedral_candidates,
     feature_alignment,
     mirror,
+    mirror_resembles_more,
     orb_features,
 )
 
@@ -204,7 +205,10 @@ def measure(
             return tried
 
     features_a = orb_features(a, count=thresholds.orb_features)
-    for mirrored in (False, True):
+    # Features are not mirror-invariant: a mirrored search costs a detection and a match
+    # of its own, so it is made only for a pair that looks mirrored.
+    mirrors = (False, True) if exhaustive or mirror_resembles_more(a, b) else (False,)
+    for mirrored in mirrors:
         features_b: Features = orb_features(
             mirror(b) if mirrored else b, count=thresholds.orb_features
         )
