@@ -103,6 +103,8 @@ COPIES: dict[str, Callable[[Image], Image]] = {
     "rotate_90": lambda i: np.ascontiguousarray(np.rot90(i, 1)),
     "rotate_180": lambda i: np.ascontiguousarray(np.rot90(i, 2)),
     "mirror": lambda i: np.ascontiguousarray(i[:, ::-1]),
+    # Needs the mirrored feature search: a crop is not a whole-frame variant.
+    "mirror_crop_5": lambda i: np.ascontiguousarray(crop(i, 0.05)[:, ::-1]),
     "brighter": lambda i: scale_levels(i, 1.2, 0),
     "less_contrast": lambda i: scale_levels(i, 0.8, 0.2 * float(i.mean())),
     "grayscale": grayscale,
