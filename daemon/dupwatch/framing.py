@@ -80,7 +80,7 @@ def _peel(grey: Image, flat: NDArray[np.bool_], box: Box) -> Box | None:
     x0, y0, x1, y1 = box
     outer = box == (0, 0, grey.shape[1], grey.shape[0])
     if not outer:
-        x0, y0, x1, y1 = _inside_edges(flat, box)
+        x0, y0, x1, y1 = _inside_edges(grey, flat, box)
     if x1 - x0 < 16 or y1 - y0 < 16:
         return None
     sides = (
@@ -109,25 +109,33 @@ def _peel(grey: Image, flat: NDArray[np.bool_], box: Box) -> Box | None:
     return None
 
 
-def _inside_edges(flat: NDArray[np.bool_], box: Box) -> Box:
+def _inside_edges(grey: Image, flat: NDArray[np.bool_], box: Box) -> Box:
     """``box`` moved in past its own edges: the blend of two fills after resampling.
 
-    Each side moves to the first line within ``_MAX_INSET`` pixels that is mostly flat, if
-    there is one.
+    Each side moves in, at most ``_MAX_INSET`` lines, past lines that are even along their
+    length (a blend, or a margin too thin to be flat) to the first flat one, or to the first
+    textured one: then the photo itself runs along that side.
     """
     x0, y0, x1, y1 = box
-    inner = flat[y0:y1, x0:x1]
+    inner = grey[y0:y1, x0:x1].astype(np.int16)
+    inner_flat = flat[y0:y1, x0:x1]
+    # Along a row, neighbours differ little in a blend or a frame and much in a photo.
+    even_rows = np.abs(np.diff(inner, axis=1)) <= _FLAT_RANGE
+    even_cols = np.abs(np.diff(inner, axis=0)) <= _FLAT_RANGE
 
-    def first_flat(shares: NDArray[np.float64]) -> int:
-        found = np.flatnonzero(shares[:_MAX_INSET] >= 0.5)
-        return int(found[0]) if found.size else 0  # the photo itself runs along this side
+    def steps(lines: list[tuple[float, float]]) -> int:
+        for depth, (flat_share, even_share) in enumerate(lines[:_MAX_INSET]):
+            if flat_share >= 0.5 or even_share < 0.5:
+                return depth
+        return _MAX_INSET
 
-    rows, cols = inner.mean(axis=1), inner.mean(axis=0)
+    rows = list(zip(inner_flat.mean(axis=1), even_rows.mean(axis=1), strict=True))
+    cols = list(zip(inner_flat.mean(axis=0), even_cols.mean(axis=0), strict=True))
     return (
-        x0 + first_flat(cols),
-        y0 + first_flat(rows),
-        x1 - first_flat(cols[::-1]),
-        y1 - first_flat(rows[::-1]),
+        x0 + steps(cols),
+        y0 + steps(rows),
+        x1 - steps(cols[::-1]),
+        y1 - steps(rows[::-1]),
     )
 
 
