@@ -131,7 +131,10 @@ def _resources(samples: Sequence[Sample]) -> tuple[list[str], bool]:
     warm, end = _at(samples, WARM_FILES), samples[-1]
     later = [s for s in samples if s.elapsed_s >= warm.elapsed_s]
     # Points along the run, by files processed, to show a trend rather than two ends.
-    points = [warm, *(_at(samples, end.progress * q // 4) for q in (1, 2, 3)), end]
+    quarters = [_at(samples, end.progress * q // 4) for q in (1, 2, 3)]
+    points = sorted({id(p): p for p in [warm, *quarters, end]}.values(), key=lambda p: p.elapsed_s)
+    points = [p for p in points if p.elapsed_s >= warm.elapsed_s]
+    per_1000 = max(end.progress - warm.progress, 1) / 1000
     rows: dict[str, Callable[[Sample], Any]] = {
         "RSS, daemon (MiB)": lambda s: s.daemon.rss_mib,
         "RSS, its children (MiB)": lambda s: s.children.rss_mib,
@@ -142,11 +145,11 @@ def _resources(samples: Sequence[Sample]) -> tuple[list[str], bool]:
         "open fds, children": lambda s: s.children.fds,
         "child processes": lambda s: s.child_count,
     }
-    heads = " | ".join(f"{p.progress:,} files" for p in points[:-1])
+    heads = " | ".join(f"{p.progress:,} files" for p in points[:-1])  # the last is "end"
     lines = [
         f"| sampled every few s ({len(samples)} samples) | {heads} | end | max after "
-        f"{WARM_FILES:,} files | growth, end vs {warm.progress:,} files |",
-        "|---" * (len(points) + 3) + "|",
+        f"{WARM_FILES:,} files | growth, end vs {warm.progress:,} files | per 1,000 files |",
+        "|---" * (len(points) + 4) + "|",
     ]
     ok = True
     for name, value in rows.items():
@@ -158,7 +161,7 @@ def _resources(samples: Sequence[Sample]) -> tuple[list[str], bool]:
         ok &= growth <= RSS_GROWTH_LIMIT if rss else last <= first
         values = [value(p) for p in points] + [peak]
         cells = " | ".join(f"{v:.0f}" if rss else f"{v:d}" for v in values)
-        lines.append(f"| {name} | {cells} | {growth:+.1%} |")
+        lines.append(f"| {name} | {cells} | {growth:+.1%} | {(last - first) / per_1000:+.1f} |")
     return lines, ok
 
 
@@ -173,7 +176,7 @@ def report(
     drain_s: float,
     exit_code: int,
     stop_s: float,
-    audited: AuditReport,
+    audited: AuditReport | None,
     events: list[dict[str, Any]],
 ) -> tuple[str, bool]:
     """The Markdown block and whether every check held."""
@@ -196,13 +199,17 @@ def report(
         "no mass-change pause": paused == 0,
         "RSS growth <= 10 %, threads and fds flat": resources_ok,
         "SIGTERM: exit 0": exit_code == 0,
+        "audit (tests/reliability/audit.py)": audited is not None,
     }
     held = [f"{'held' if ok else 'FAILED'}: {name}" for name, ok in checks.items()]
     lines = [
         f"Soak (`python bench/soak.py --files {args.files} --minutes {args.minutes:g}`): "
         f"{len(soak.arrived):,} files arrived over {fed_s / 60:.1f} min into two roots "
-        f"({soak.copies} exact copies of earlier arrivals), {len(soak.renames)} processed files "
-        f"renamed into another folder, the share root renamed away for "
+        f"({soak.copies} exact copies of earlier arrivals); {len(soak.renames)} processed files "
+        f"renamed, one by one into another folder or with their album folder "
+        f"({len(soak.folders)} folders renamed whole: "
+        f"{', '.join(str(n) for _, n in soak.folders) or 'none'} files); the share root "
+        "renamed away for "
         f"{o.get('minutes', 0):.1f} min halfway. The last arrival was processed "
         f"{drain_s:.0f} s after it was written.",
         "",
@@ -212,7 +219,12 @@ def report(
         f"{renamed_again} of {len(soak.renames)} ({followed} `file_renamed` lines).",
         f"- Store: {records:,} file records for {len(soak.arrived):,} arrivals "
         f"({', '.join(f'{s.value} {n:,}' for s, n in counts.items() if n)}); audit: "
-        f"{audited.in_place:,} in place, {audited.quarantined} quarantined, every byte kept.",
+        + (
+            "not run (the daemon did not catch up)"
+            if audited is None
+            else f"{audited.in_place:,} in place, {audited.quarantined} quarantined, every "
+            "byte kept."
+        ),
         f"- Share outage: {o.get('files', 0):,} known files; paused "
         f"{_secs(o.get('paused_after_s'))} after it went, {o.get('changes_during')} state "
         f"changes while away, re-attached {_secs(o.get('reattached_after_s'))} after its "
