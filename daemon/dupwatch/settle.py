@@ -22,7 +22,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +134,11 @@ class Settler:
         """An event says ``path`` was deleted or moved away. Never blocks."""
         self._inbox.put(("gone", path, None, False))
 
+    def forget(self, paths: Iterable[Path]) -> None:
+        """These paths were found missing: if they return unchanged, hand them over again."""
+        for path in paths:
+            self._inbox.put(("forget", path, None, False))
+
     def offer(self, path: Path, found: StatKey, *, trust_ctime: bool) -> None:
         """A walk found ``path`` new or changed; blocks while too many findings are in flight.
 
@@ -191,6 +196,9 @@ class Settler:
     def _receive(self, kind: str, path: Path, found: StatKey | None, trust_ctime: bool) -> None:
         now = time.monotonic()
         if kind == "wake":
+            return
+        if kind == "forget":
+            self._handed.pop(path, None)
             return
         if kind == "offer":
             self._offer_slots.release()

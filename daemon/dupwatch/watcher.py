@@ -300,6 +300,7 @@ class Watcher:
     def _report_missing(self, root: WatchedRoot, missing: Sequence[Path]) -> None:
         # Missing files are reported only if the root still looks right after the walk.
         if missing and root.available and root.sentinel.check() is None:
+            self._settler.forget(missing)
             if self._last_walk is not None:
                 self._last_walk.forget(missing)
             if self._on_missing is not None:

@@ -51,13 +51,15 @@ def started(home: Home) -> DaemonProcess:
     return daemon
 
 
-def named(daemon: DaemonProcess, *events: str, since: int = 0) -> list[Event]:
-    """The log lines of those events, from position ``since`` (``len(daemon.snapshot())``)."""
-    return [e for e in daemon.snapshot()[since:] if e.get("event") in events]
+def named(
+    daemon: DaemonProcess, *events: str, since: int = 0, until: int | None = None
+) -> list[Event]:
+    """The log lines of those events between two positions (``len(daemon.snapshot())``)."""
+    return [e for e in daemon.snapshot()[since:until] if e.get("event") in events]
 
 
-def outcomes(daemon: DaemonProcess, since: int = 0) -> list[Event]:
-    return named(daemon, "file_processed", "file_failed", since=since)
+def outcomes(daemon: DaemonProcess, since: int = 0, until: int | None = None) -> list[Event]:
+    return named(daemon, "file_processed", "file_failed", since=since, until=until)
 
 
 def wait_processed(
@@ -194,7 +196,7 @@ def test_twenty_thousand_files_past_an_inotify_overflow_are_all_found(
 # --- directories moved in and out ---------------------------------------------------------
 
 
-def test_a_directory_moved_out_is_marked_gone_and_one_moved_in_is_processed(
+def test_a_directory_moved_out_is_gone_until_it_returns_and_one_moved_in_is_processed(
     make_home: Callable[..., Home],
 ) -> None:
     home = watcher_home(make_home)
@@ -209,13 +211,13 @@ def test_a_directory_moved_out_is_marked_gone_and_one_moved_in_is_processed(
     ]
     moved_in = home.root / "card"
     arrived = [moved_in / p.relative_to(card) for p in arriving]
-    baseline = Baseline.take(originals)
+    baseline = Baseline.take([*originals, *leaving])
     for old, new in zip(arriving, arrived, strict=True):
         baseline.files[new] = Facts.of(old)
-    left = Baseline.take(leaving)
     daemon = started(home)
     try:
         wait_processed(daemon, [*originals, *leaving], 120)
+        indexed = records(home)
         mark = len(daemon.snapshot())
         (home.root / "leaving").rename(outside / "leaving")
         card.rename(moved_in)
@@ -231,23 +233,30 @@ def test_a_directory_moved_out_is_marked_gone_and_one_moved_in_is_processed(
         baseline.add(control)
         wait_processed(daemon, [control], 60, since=mark)
         time.sleep(1.0)
+        away = records(home)
+        back = len(daemon.snapshot())
+        # The directory returns, unchanged but for the file added out there.
+        (outside / "leaving").rename(home.root / "leaving")
+        returned = [*leaving, home.root / "leaving" / stray.name]
+        baseline.add(returned[-1])
+        wait_processed(daemon, returned, 60, since=back)
         stopped(daemon)
     finally:
         daemon.close()
     assert {Path(e["path"]) for e in named(daemon, "file_gone", since=mark)} == set(leaving)
-    tiers = {e["path"]: e["tier"] for e in outcomes(daemon, since=mark)}
-    assert tiers == {
+    assert {away[p] for p in leaving} == {(indexed[p][0], FileStatus.GONE) for p in leaving}
+    while_out = outcomes(daemon, since=mark, until=back)
+    assert {e["path"]: e["tier"] for e in while_out} == {
         str(arrived[0]): "unique",
         str(arrived[1]): "unique",
         str(arrived[2]): "exact",
         str(control): "unique",
-    }, f"{stray.name} or a moved-out file was processed"
+    }, f"{stray.name} or a moved-out file was processed while out"
     quarantined = [e["path"] for e in named(daemon, "file_quarantined", since=mark)]
     assert quarantined == [str(arrived[2])]
+    # Back in place: the same rows, indexed again.
     now = records(home)
-    assert {now[p][1] for p in leaving} == {FileStatus.GONE}
-    for path, facts in left.files.items():  # nothing was moved or touched out there
-        assert Facts.of(outside / path.relative_to(home.root)) == facts
+    assert {p: now[p] for p in leaving} == {p: indexed[p] for p in leaving}
     audit_finds_nothing_new(baseline, home)
 
 
