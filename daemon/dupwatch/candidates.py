@@ -251,7 +251,11 @@ class CandidateSearch:
         # Verified side by side when there are several workers, but taken in order: the
         # outcome is the same as one at a time, and what is not needed yet is dropped.
         chosen = worth_it[:MAX_VERIFIED_CANDIDATES]
-        pending = [self._worker.verify_later(fingerprint.pixels, p.record.path) for p in chosen]
+        framed = fingerprint.framed_vector is not None
+        pending = [
+            self._worker.verify_later(fingerprint.pixels, p.record.path, framed=framed)
+            for p in chosen
+        ]
         try:
             for pair, verification in zip(chosen, pending, strict=True):
                 self._take_verification(pair, verification)

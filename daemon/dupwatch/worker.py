@@ -144,19 +144,20 @@ def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], 
 
 
 def _verify_known(
-    pixels: NDArray[np.uint8], path: Path, decode: DecodeConfig
+    pixels: NDArray[np.uint8], path: Path, decode: DecodeConfig, framed: bool
 ) -> tuple[Any, PhotoMeta]:
     from dupwatch.framing import photo_inside
     from dupwatch.verify import verify
 
     known_pixels, meta = _decode_known(path, decode)
     # A photo inside a frame (a screenshot) is compared as itself first: a whole-frame match
-    # is cheaper and surer than finding it within its frame by features.
-    inner = photo_inside(pixels)
+    # is cheaper and surer than finding it within its frame by features. Whether there is a
+    # frame was found when the new file was fingerprinted.
+    inner = photo_inside(pixels) if framed else None
     if inner is not None:
-        framed = verify(inner, known_pixels)
-        if framed.same:
-            return framed, meta
+        as_itself = verify(inner, known_pixels)
+        if as_itself.same:
+            return as_itself, meta
     return verify(pixels, known_pixels), meta
 
 
@@ -190,8 +191,8 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
             if kind == "fingerprint":
                 reply: Any = _fingerprint(embedder, request[1], settings.decode)
             elif kind == "verify":
-                _, pixels, known_path = request
-                reply = _verify_known(pixels, known_path, settings.decode)
+                _, pixels, known_path, framed = request
+                reply = _verify_known(pixels, known_path, settings.decode, framed)
             elif kind == "embed":
                 reply = embedder.embed(request[1])
             else:
@@ -316,13 +317,17 @@ class AnalysisWorker:
         result: Fingerprint = self._call(("fingerprint", file), file.path)
         return result
 
-    def verify(self, pixels: NDArray[np.uint8], known_path: Path) -> tuple[Verification, PhotoMeta]:
+    def verify(
+        self, pixels: NDArray[np.uint8], known_path: Path, *, framed: bool
+    ) -> tuple[Verification, PhotoMeta]:
         """Verify the decoded new image against the known file at ``known_path``.
 
-        Returns the verification and the known file's metadata (for the camera-time veto).
+        ``framed``: the new image holds a photo inside a frame (its fingerprint has a
+        ``framed_vector``). Returns the verification and the known file's metadata (for the
+        camera-time veto).
         """
         result: tuple[Verification, PhotoMeta] = self._call(
-            ("verify", pixels, known_path), known_path
+            ("verify", pixels, known_path, framed), known_path
         )
         return result
 

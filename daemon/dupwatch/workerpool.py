@@ -170,11 +170,13 @@ class AnalysisPool:
         return self._call(lambda worker: worker.fingerprint(file))
 
     def verify_later(
-        self, pixels: NDArray[np.uint8], known_path: Path
+        self, pixels: NDArray[np.uint8], known_path: Path, *, framed: bool
     ) -> Future[tuple[Verification, PhotoMeta]]:
-        """``verify`` started now on the next free worker, ahead of look-ahead work; cancel
-        the future if its answer is no longer needed."""
-        return self._submit(_URGENT, lambda worker: worker.verify(pixels, known_path))
+        """``AnalysisWorker.verify`` started now on the next free worker, ahead of look-ahead
+        work; cancel the future if its answer is no longer needed."""
+        return self._submit(
+            _URGENT, lambda worker: worker.verify(pixels, known_path, framed=framed)
+        )
 
     def embed(self, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
         return self._call(lambda worker: worker.embed(images))
