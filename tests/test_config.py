@@ -59,6 +59,17 @@ def test_wrong_types_and_choices_name_the_key(tmp_path: Path) -> None:
     assert "[watch] force_polling: must be true or false" in text
 
 
+def test_worker_count_is_automatic_by_default_and_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[model]\nworkers = 2\n", encoding="utf-8")
+    assert load_config(path).model.workers == 2
+    path.write_text("[model]\nworkers = -1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"\[model\] workers: must be between 0"):
+        load_config(path)
+    path.write_text("", encoding="utf-8")
+    assert load_config(path).model.workers == 0  # one per core, at most two
+
+
 def test_invalid_toml_and_missing_file_are_config_errors(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("[watch\n", encoding="utf-8")
