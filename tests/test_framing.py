@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.typing import NDArray
 from skimage import data
 
@@ -135,3 +137,39 @@ def test_a_bright_object_on_a_black_ground_is_not_a_framed_photo() -> None:
     cv2.circle(disc, (w // 2, h // 2), min(h, w) // 3, 255, -1)
     image = np.where(disc[..., None] > 0, texture, 0).astype(np.uint8)
     assert photo_box(image) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(32, 300),
+    width=st.integers(32, 300),
+    ground=st.integers(0, 255),
+    blocks=st.lists(
+        st.tuples(
+            st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.integers(0, 255)
+        ),
+        max_size=5,
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_a_box_when_found_lies_inside_the_image(
+    height: int,
+    width: int,
+    ground: int,
+    blocks: list[tuple[float, float, float, float, int]],
+    seed: int,
+) -> None:
+    # Flat grounds with flat or noisy blocks: frames, near-frames and none at all.
+    rng = np.random.default_rng(seed)
+    image = np.full((height, width, 3), ground, np.uint8)
+    for a, b, c, d, level in blocks:
+        y0, y1 = sorted((round(a * height), round(b * height)))
+        x0, x1 = sorted((round(c * width), round(d * width)))
+        noisy = rng.integers(0, 256, (y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        image[y0:y1, x0:x1] = noisy if level % 2 else level
+    box = photo_box(image)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        inner = photo_inside(image)
+        assert inner is not None and inner.shape[:2] == (y1 - y0, x1 - x0)

@@ -94,7 +94,7 @@ def _peel(grey: Image, flat: NDArray[np.bool_], box: Box) -> Box | None:
         return None  # textured all round: the photo itself, not a frame around it
     region = np.ascontiguousarray(grey[y0:y1, x0:x1])
     region_flat = flat[y0:y1, x0:x1]
-    sure, common = frame_colours(grey, flat, sides)
+    sure, common = _frame_colours(grey, flat, sides)
     # The sure colours first; a colour that is only common along the sides (a window's fill
     # between its title bar and toolbar) is tried when they leave no rectangle.
     for colours in (sure, common) if bool((common & ~sure).any()) else (sure,):
@@ -207,7 +207,7 @@ def _trim(shares: NDArray[np.float64]) -> int | None:
     return trimmed
 
 
-def frame_colours(
+def _frame_colours(
     grey: Image, flat: NDArray[np.bool_], sides: tuple[tuple[slice, slice], ...]
 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """The frame's sure and common colours along the given sides, as masks over grey levels.
