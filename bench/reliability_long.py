@@ -4,7 +4,8 @@ CI runs the fast selection (``-m "not slow"``); this runs everything: kill -9 of
 20 x 200 arriving files, SIGTERM mid-batch 20 times, 10,000 fuzzed files, 10,000 quarantine
 attempts against a symlink swapped in, on top of the crash-point enumeration and the other
 scenarios. It prints the figures the tests report as a Markdown block for the "Reliability"
-section of bench/RESULTS.md.
+section of bench/RESULTS.md. The soak (an hour of arrivals, renames and a share outage under
+the running daemon) is a bench of its own: bench/soak.py.
 
     python bench/reliability_long.py                 # everything (tens of minutes on 2 cores)
     python bench/reliability_long.py -k kill9_long   # one scenario
