@@ -240,6 +240,7 @@ class AnalysisWorker:
         self._conn: Connection | None = None
         self.model_id = ""
         self.restarts = 0
+        self._closed = False
 
     def start(self) -> None:
         """Start the child and wait until its model is loaded; ModelError if it cannot load."""
@@ -275,9 +276,13 @@ class AnalysisWorker:
         self._process, self._conn = None, None
 
     def close(self) -> None:
+        """Stop the child for good: a call waiting on it fails at once, none restarts it."""
+        self._closed = True
         self._kill()
 
     def _call(self, request: tuple[Any, ...], path: Path) -> Any:
+        if self._closed:
+            raise ModelError("the model process has been stopped")
         if self._conn is None:
             self.start()
         conn = self._conn
@@ -309,6 +314,8 @@ class AnalysisWorker:
 
     def _restart(self) -> None:
         self._kill()
+        if self._closed:
+            raise ModelError("the model process has been stopped")
         self.restarts += 1
         log.warning("worker_restarted", restarts=self.restarts)
         self.start()

@@ -121,13 +121,14 @@ class AnalysisPool:
         log.debug("analysis_pool_started", workers=self.size)
 
     def close(self) -> None:
+        """Stop the workers first, so that no look-ahead on a slow file holds up a shutdown."""
+        for worker in self._workers:
+            worker.close()
         for _ in self._threads:
             self._tasks.put(_Task(2, next(self._sequence), _stop, Future()))
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=10)
         self._threads.clear()
-        for worker in self._workers:
-            worker.close()
         with self._lock:
             self._prefetched.clear()
 
