@@ -208,6 +208,30 @@ def test_better_original_arriving_later_sends_the_known_copy_away(
         services.close()
 
 
+def test_byte_copy_is_matched_to_the_copy_still_in_place_among_many_logged_ones(
+    tmp_path: Path, library: Path
+) -> None:
+    shadow = dataclasses.replace(Config(), policy=PolicyConfig(exact_action="log"))
+    copies = [library / "many" / f"coffee-{i:02d}.jpg" for i in range(12)]
+    copies[0].parent.mkdir()
+    services = open_services(shadow, tmp_path / "state", [library])
+    try:
+        services.pipeline.process(library / "coffee.jpg")
+        for copy in copies:
+            shutil.copy(library / "coffee.jpg", copy)
+            services.pipeline.process(copy)
+        # The oldest copies change behind dupwatch's back; only the last one is as recorded.
+        for changed in (library / "coffee.jpg", *copies[:-1]):
+            os.utime(changed, ns=(0, 10**9))
+        arriving = library / "coffee-again.jpg"
+        shutil.copy(copies[-1], arriving)
+        result = services.pipeline.process(arriving)
+    finally:
+        services.close()
+    assert result is not None
+    assert (result.tier, result.rule, result.duplicate_of) == (Tier.EXACT, "sha256", copies[-1])
+
+
 def test_log_only_mode_and_dry_run_never_move_a_file(tmp_path: Path, library: Path) -> None:
     shadow = dataclasses.replace(
         Config(), policy=PolicyConfig(exact_action="log", duplicate_action="log")

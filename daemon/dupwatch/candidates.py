@@ -40,6 +40,8 @@ HASH_CANDIDATE_DISTANCE = 10
 HASH_VERIFY_DISTANCE = 6
 # Verification costs a decode of the known file; the closest few candidates are enough.
 MAX_VERIFIED_CANDIDATES = 3
+# Byte copies looked at before all of them are read.
+_FIRST_COPIES = 8
 
 
 @dataclass(slots=True)
@@ -137,19 +139,29 @@ class CandidateSearch:
     def exact_matches(
         self, file: FileBytes, known: FileRecord | None
     ) -> tuple[list[FileRecord], FileRecord | None]:
-        """Known files this one is a byte copy of, and a record of a file with these bytes.
+        """The known file this one is a byte copy of, and a record of a file with these bytes.
 
         The record gives the copy its fingerprints without decoding it. Content quarantined
         before and now synced back again is a copy of the file it duplicated then.
         """
-        same = [
-            r
-            for r in self._store.files_by_sha256(file.sha256)
-            if r.size == file.stat.size and not self.same_file(r, file, known)
-        ]
-        keepers = [r for r in same if present(r)]
-        if keepers:
-            return keepers, keepers[0]
+        # The oldest copy still in place is the one that counts. A library may hold thousands
+        # of logged byte copies of one photo: look at the first few before reading them all.
+        for limit in (_FIRST_COPIES, None):
+            same = self._store.files_by_sha256(file.sha256, limit=limit)
+            keeper = next(
+                (
+                    r
+                    for r in same
+                    if r.size == file.stat.size
+                    and not self.same_file(r, file, known)
+                    and present(r)
+                ),
+                None,
+            )
+            if keeper is not None:
+                return [keeper], keeper
+            if limit is None or len(same) < limit:
+                break
         for gone in self._store.files_by_sha256(file.sha256, (FileStatus.QUARANTINED,)):
             if self.same_file(gone, file, known):
                 continue

@@ -146,14 +146,22 @@ class FilesMixin(StoreBase):
         return None if row is None else _file(row)
 
     def files_by_sha256(
-        self, sha256: str, statuses: Collection[FileStatus] = (FileStatus.INDEXED,)
+        self,
+        sha256: str,
+        statuses: Collection[FileStatus] = (FileStatus.INDEXED,),
+        *,
+        limit: int | None = None,
     ) -> list[FileRecord]:
-        """Files with exactly these bytes (by hash), in the given statuses, oldest first."""
-        params = [sha256, *(s.value for s in statuses)]
+        """Files with exactly these bytes (by hash), in the given statuses, oldest first
+        (the first ``limit`` of them, if given)."""
+        params: list[object] = [sha256, *(s.value for s in statuses)]
         sql = (
             f"SELECT {_FILE_COLUMNS} FROM files "
             f"WHERE sha256 = ? AND status IN ({_in(statuses)}) ORDER BY id"
         )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         with self._read() as conn:
             return [_file(r) for r in conn.execute(sql, params)]
 
