@@ -165,7 +165,7 @@ def _timestamp(event: dict[str, Any]) -> float:
 
 
 def run_daemon(
-    files: list[Path], rate: float, settle: float, work: Path, drain: float
+    files: list[Path], rate: float, settle: float, work: Path, drain: float, workers: int = 0
 ) -> dict[str, Any]:
     """Feed ``files`` at ``rate`` per second into a fresh daemon; decisions and timings.
 
@@ -178,6 +178,7 @@ def run_daemon(
     config = work / "config.toml"
     config.write_text(
         f'[watch]\nsettle_seconds = {settle}\nrescan_interval = "6h"\n[log]\nformat = "json"\n'
+        f"[model]\nworkers = {workers}\n"
     )
     # Share the model cache so each run starts from a converted model, as a service does.
     models = state / "models"
@@ -281,6 +282,9 @@ def main() -> None:
     parser.add_argument(
         "--drain", type=float, default=600, help="seconds to wait for decisions after the last file"
     )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="[model] workers (0: the default, one per core)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print, do not edit RESULTS.md")
     args = parser.parse_args()
     width, height = SIZES[args.size]
@@ -297,11 +301,13 @@ def main() -> None:
     print(f"reference {reference:.1f} images/s", flush=True)
     work = Path(tempfile.mkdtemp(prefix="dupwatch-daemon-bench-"))
     try:
-        fast = run_daemon(files, 2 * reference, args.settle, work / "throughput", args.drain)
+        fast = run_daemon(
+            files, 2 * reference, args.settle, work / "throughput", args.drain, args.workers
+        )
         print(f"throughput {fast['sustained'] or 0:.1f} files/s", flush=True)
         # Half the sustained rate; a floor keeps a run that decided almost nothing finite.
         slow_rate = max((fast["sustained"] or 0.0) / 2, 0.2)
-        slow = run_daemon(files, slow_rate, args.settle, work / "latency", args.drain)
+        slow = run_daemon(files, slow_rate, args.settle, work / "latency", args.drain, args.workers)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if items:
@@ -314,6 +320,7 @@ def main() -> None:
             "size": args.size,
             "dims": f"{width} x {height}",
             "settle": args.settle,
+            "workers": args.workers,
             "drain": args.drain,
             "reference": reference,
             "reference_files": len(reference_files),

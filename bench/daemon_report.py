@@ -82,7 +82,8 @@ def section(r: dict[str, Any]) -> str:
     lines = [
         "## Daemon",
         "",
-        f"Run of `python bench/daemon_bench.py --set {r['set']} --count {r['count']}` on "
+        f"Run of `python bench/daemon_bench.py --set {r['set']} --count {r['count']}"
+        f"{'' if not r.get('workers') else ' --workers ' + str(r['workers'])}` on "
         f"{r['when']} ({platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}). **The machine was shared with other jobs while this "
         "ran**, so figures are conservative. " + _set_text(r),
@@ -90,18 +91,25 @@ def section(r: dict[str, Any]) -> str:
         "Each run is `dupwatch run` on an empty root with a fresh state directory, default "
         f"config except `settle_seconds = {r['settle']}` (the default 5 s would put every "
         "latency above 5 s: a file is handed over only after a quiet settle period and a second "
-        "identical stat sample), model threads 1. A run waits at most "
+        "identical stat sample), model threads 1, "
+        + (
+            f"{r['workers']} analysis worker(s)"
+            if r.get("workers")
+            else "analysis workers as by default (one per core, at most 2: here 2)"
+        )
+        + ". A run waits at most "
         f"{r['drain']:.0f} s after its last file for the remaining decisions.",
         "",
         "| run | offered files/s | sustained files/s | latency p50 / p95 / p99, s | "
-        "median processing, ms | peak RSS daemon + worker, MB | decisions / files |",
+        "median processing, ms | peak RSS, MB: all processes (daemon, largest worker) | "
+        "decisions / files |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, run in (("throughput", fast), ("latency", slow)):
         q = run["latency"]
         quantiles = "n/a" if q is None else f"{q[50]:.2f} / {q[95]:.2f} / {q[99]:.2f}"
         processing = "n/a" if run["processing_ms"] is None else f"{run['processing_ms']:.0f}"
-        parts = " + ".join(f"{run['rss'].get(k, 0):.0f}" for k in ("daemon", "worker"))
+        parts = ", ".join(f"{run['rss'].get(k, 0):.0f}" for k in ("daemon", "worker"))
         lines.append(
             f"| {name} | {run['offered_rate']:.1f} | {_rate(run['sustained'])} | {quantiles} | "
             f"{processing} | {run['rss_total']:.0f} ({parts}) | {run['decided']} / "
