@@ -95,7 +95,8 @@ def section(r: dict[str, Any]) -> str:
         + (
             f"{r['workers']} analysis worker(s)"
             if r.get("workers")
-            else "analysis workers as by default (one per core, at most 2: here 2)"
+            else "analysis workers as by default (one per core, at most 2: here "
+            f"{min(2, os.cpu_count() or 1)})"
         )
         + ". A run waits at most "
         f"{r['drain']:.0f} s after its last file for the remaining decisions.",
