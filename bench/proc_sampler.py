@@ -20,10 +20,14 @@ class ProcStats:
     rss_mib: float
     threads: int
     fds: int
+    # Anonymous memory (heap, arrays) apart from file-backed pages (libraries, mmapped
+    # snapshots), which the kernel can drop and re-read: a leak shows in the first.
+    rss_anon_mib: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Sample:
+    wall: float  # time.time(), to line samples up with the daemon's log
     elapsed_s: float
     progress: int  # whatever the caller counts (files processed so far)
     daemon: ProcStats
@@ -61,15 +65,19 @@ def proc_stats(pid: int) -> ProcStats | None:
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     try:
         rss_kib = int(fields["VmRSS"].split()[0])
+        anon_kib = int(fields["RssAnon"].split()[0])
         threads = int(fields["Threads"])
     except (KeyError, ValueError, IndexError):
         return None  # a zombie has no VmRSS
-    return ProcStats(rss_kib / 1024, threads, fds)
+    return ProcStats(rss_kib / 1024, threads, fds, anon_kib / 1024)
 
 
 def _sum(stats: list[ProcStats]) -> ProcStats:
     return ProcStats(
-        sum(s.rss_mib for s in stats), sum(s.threads for s in stats), sum(s.fds for s in stats)
+        sum(s.rss_mib for s in stats),
+        sum(s.threads for s in stats),
+        sum(s.fds for s in stats),
+        sum(s.rss_anon_mib for s in stats),
     )
 
 
@@ -94,7 +102,12 @@ class Sampler:
             return None
         children = [s for c in descendants(self.pid) if (s := proc_stats(c)) is not None]
         sample = Sample(
-            time.monotonic() - self._started, self.progress(), own, _sum(children), len(children)
+            time.time(),
+            time.monotonic() - self._started,
+            self.progress(),
+            own,
+            _sum(children),
+            len(children),
         )
         self.samples.append(sample)
         return sample

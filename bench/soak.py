@@ -61,6 +61,7 @@ class Soak:
         self.copies = 0
         self.folders: list[tuple[Path, int]] = []  # folders renamed whole, files in each
         self._seen = 0
+        self.done = 0  # arrivals with an outcome; read by the sampler thread
 
     def consume(self) -> None:
         """Take the daemon's new log lines into the counts."""
@@ -71,6 +72,8 @@ class Soak:
             path = Path(event["path"])
             origin = self.current.get(path, path)
             self.outcomes[path] += 1
+            if self.outcomes[path] == 1 and path in self.arrived:
+                self.done += 1
             if event.get("moved"):
                 self.moved.add(self.current.get(Path(event["moved"]), Path(event["moved"])))
             elif self.outcomes[path] == 1 and origin == path and path in self.arrived:
@@ -127,7 +130,7 @@ class Soak:
         return moved
 
     def processed(self) -> int:
-        return sum(1 for p in self.arrived if self.outcomes[p])
+        return self.done
 
     def under(self, root: Path) -> list[Path]:
         return [p for p in self.arrived if p.is_relative_to(root)]

@@ -139,6 +139,8 @@ def _resources(samples: Sequence[Sample]) -> tuple[list[str], bool]:
         "RSS, daemon (MiB)": lambda s: s.daemon.rss_mib,
         "RSS, its children (MiB)": lambda s: s.children.rss_mib,
         "RSS, total (MiB)": lambda s: s.daemon.rss_mib + s.children.rss_mib,
+        "RSS anonymous, daemon (MiB)": lambda s: s.daemon.rss_anon_mib,
+        "RSS anonymous, children (MiB)": lambda s: s.children.rss_anon_mib,
         "threads, daemon": lambda s: s.daemon.threads,
         "threads, children": lambda s: s.children.threads,
         "open fds, daemon": lambda s: s.daemon.fds,
@@ -163,6 +165,23 @@ def _resources(samples: Sequence[Sample]) -> tuple[list[str], bool]:
         cells = " | ".join(f"{v:.0f}" if rss else f"{v:d}" for v in values)
         lines.append(f"| {name} | {cells} | {growth:+.1%} | {(last - first) / per_1000:+.1f} |")
     return lines, ok
+
+
+def after_rebuilds(samples: Sequence[Sample], events: list[dict[str, Any]]) -> list[str]:
+    """Memory just after each snapshot rebuild: the buffer of recent vectors is at its
+    smallest then, so these points show growth that the buffer's sawtooth does not explain."""
+    points = []
+    for event in events:
+        if event.get("event") == "snapshot_built" and "timestamp" in event:
+            after = [s for s in samples if s.wall >= timestamp(event) + 2]
+            if after:
+                points.append(after[0])
+    return [
+        f"{p.progress:,} files: daemon {p.daemon.rss_mib:.0f} MiB "
+        f"({p.daemon.rss_anon_mib:.0f} anonymous), total "
+        f"{p.daemon.rss_mib + p.children.rss_mib:.0f} MiB"
+        for p in points
+    ]
 
 
 def report(
@@ -232,6 +251,9 @@ def report(
         f"processed again, {o.get('store_changed')} store rows changed; "
         f"mass-change pauses: {paused}.",
         f"- SIGTERM at the end: exit {exit_code} after {stop_s:.1f} s.",
+        "- Just after each snapshot rebuild: "
+        + ("; ".join(after_rebuilds(samples, events)) or "none during the run")
+        + ".",
         "",
         *table,
         "",
