@@ -64,9 +64,9 @@ def photometric_fit(
     hue shift is undone exactly on the value channel.
     """
     best: tuple[float, Floats, Floats, Floats, str] | None = None
-    # Every third valid pixel is plenty for a dozen coefficients; the whole grid is
+    # Every sixth valid pixel (thousands) is plenty for a dozen coefficients; the whole grid is
     # predicted only once, under the fit that wins.
-    sample = np.flatnonzero(valid.ravel())[::3]
+    sample = np.flatnonzero(valid.ravel())[::6]
     for direction, target_grid, source in (("b->a", grid_a, grid_b), ("a->b", grid_b, grid_a)):
         pixels = source.reshape(-1, 1, source.shape[2]) if source.ndim == 3 else source.ravel()
         x = _design(pixels[sample])
