@@ -26,8 +26,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(problems)
     directory = state_dir(args)
     from dupwatch.daemon import Daemon
+    from dupwatch.heap import return_large_blocks
     from dupwatch.runtime import open_services
 
+    return_large_blocks()
     services = open_services(config, directory, config.watch.roots)
     try:
         return Daemon(services).run()
