@@ -304,28 +304,30 @@ class Daemon:
         if root in self._paused:
             return
         # Only what would really change counts: a renamed file's record has moved with it.
-        paths = [p for p in paths if self._vanished(p) is not None]
-        if not paths:
+        vanished = [(p, r) for p in paths if (r := self._vanished(p)) is not None]
+        if not vanished:
             return
         known = sum(1 for _ in self._s.store.files_under(root, (FileStatus.INDEXED,)))
         recent = self._gone_recent.setdefault(root, deque())
         now = time.monotonic()
         while recent and now - recent[0] > MASS_GONE_WINDOW:
             recent.popleft()
-        changing = len(paths) + len(recent)
+        changing = len(vanished) + len(recent)
         if changing > MASS_GONE_FILES or changing > MASS_GONE_SHARE * max(known, 1) + 10:
             self._paused[root] = "mass_change"
             log.error(
                 "mass_change_paused",
                 root=root,
-                missing=len(paths),
+                missing=len(vanished),
                 gone_recently=len(recent),
                 known=known,
                 hint="check the share is mounted; if the files were deleted on purpose, "
                 "run `dupwatch forget-missing ROOT`, then restart dupwatch",
             )
             return
-        recent.extend(now for _ in self._mark_gone(paths))
+        for path, record in vanished:
+            self._mark_gone(path, record)
+            recent.append(now)
 
     def _vanished(self, path: Path) -> FileRecord | None:
         """The record of a file in place at ``path`` that is really not there any more."""
@@ -337,16 +339,8 @@ class Daemon:
             return None  # back again (or replaced): the walk or the watcher will hand it over
         return record
 
-    def _mark_gone(self, paths: Iterable[Path]) -> list[Path]:
-        """Mark files gone that are really not there; returns those marked."""
-        marked = []
-        for path in paths:
-            record = self._vanished(path)
-            if record is None:
-                continue
-            self._s.store.set_file_status(record.id, FileStatus.GONE)
-            self._s.index.remove(record.id)
-            self._s.hashes.remove(record.id)
-            log.info("file_gone", path=path, file_id=record.id)
-            marked.append(path)
-        return marked
+    def _mark_gone(self, path: Path, record: FileRecord) -> None:
+        self._s.store.set_file_status(record.id, FileStatus.GONE)
+        self._s.index.remove(record.id)
+        self._s.hashes.remove(record.id)
+        log.info("file_gone", path=path, file_id=record.id)

@@ -37,9 +37,10 @@ def follow_rename(
     store: Store, index: VectorIndex, hashes: HashIndex, model_id: str, file: FileBytes
 ) -> FileRecord | None:
     """Move the record of the known file ``file`` was renamed from; None if it is not one."""
-    for record in store.files_by_sha256(file.sha256, _FOLLOWED):
-        same_file = (record.dev, record.inode) == (file.stat.dev, file.stat.inode)
-        if not same_file or record.size != file.stat.size or record.path == file.path:
+    # By inode (an indexed lookup), not by hash: a library may hold thousands of byte copies.
+    for record in store.files_by_identity(file.stat.dev, file.stat.inode, _FOLLOWED):
+        same_bytes = record.sha256 == file.sha256 and record.size == file.stat.size
+        if not same_bytes or record.path == file.path:
             continue
         if _still_there(record):
             return None  # a hard link or a second view of the same file

@@ -165,6 +165,18 @@ class FilesMixin(StoreBase):
         with self._read() as conn:
             return [_file(r) for r in conn.execute(sql, params)]
 
+    def files_by_identity(
+        self, dev: int, inode: int, statuses: Collection[FileStatus]
+    ) -> list[FileRecord]:
+        """Files recorded with this device and inode, in the given statuses, oldest first."""
+        params: list[object] = [to_i64(dev), to_i64(inode), *(s.value for s in statuses)]
+        sql = (
+            f"SELECT {_FILE_COLUMNS} FROM files "
+            f"WHERE dev = ? AND inode = ? AND status IN ({_in(statuses)}) ORDER BY id"
+        )
+        with self._read() as conn:
+            return [_file(r) for r in conn.execute(sql, params)]
+
     def files_under(
         self, root: Path, statuses: Collection[FileStatus] | None = None
     ) -> Iterator[FileRecord]:
