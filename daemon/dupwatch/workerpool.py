@@ -83,10 +83,6 @@ class AnalysisPool:
     def size(self) -> int:
         return len(self._workers)
 
-    @property
-    def restarts(self) -> int:
-        return sum(w.restarts for w in self._workers)
-
     def start(self) -> None:
         """Start every worker and wait until each has its model; ModelError if one cannot.
 
