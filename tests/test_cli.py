@@ -172,3 +172,23 @@ def test_forget_missing_accepts_deleted_files(tmp_path: Path, photos: Path) -> N
         assert kept is not None and kept.status is FileStatus.INDEXED
     finally:
         store.close()
+
+
+def test_the_command_runs_numerical_libraries_on_one_thread(tmp_path: Path) -> None:
+    """A spinning BLAS thread per core in the daemon would take a core from the workers."""
+    probe = (
+        "import sys\n"
+        "from dupwatch.cli import main\n"
+        f"main(['--state-dir', {str(tmp_path)!r}, 'config', 'check'])\n"
+        "import numpy, threadpoolctl\n"
+        "numpy.ones((64, 64)) @ numpy.ones((64, 64))\n"
+        "blas = [p['num_threads'] for p in threadpoolctl.threadpool_info()"
+        " if p['user_api'] == 'blas']\n"
+        "print(max(blas))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "1"

@@ -26,6 +26,7 @@ from dupwatch.cli_library import (
 from dupwatch.cli_pipeline import cmd_check, cmd_run, cmd_scan
 from dupwatch.cli_setup import EXIT_CONFIG, EXIT_ERROR, EXIT_OK, EXIT_USAGE, cmd_config_check
 from dupwatch.errors import ConfigError, DupwatchError
+from dupwatch.maththreads import limit_math_threads
 
 __all__ = ["EXIT_CONFIG", "EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything loads numpy: spinning BLAS threads would take a core from the workers.
+    limit_math_threads(1)
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -26,6 +26,7 @@ from dupwatch import errors
 from dupwatch.config import DecodeConfig, LogConfig, ModelConfig
 from dupwatch.errors import DecoderCrashed, DecoderTimeout, FileRejected, ModelError
 from dupwatch.images import DecodedImage, FileBytes, PhotoMeta
+from dupwatch.maththreads import limit_math_threads
 from dupwatch.verify import Verification
 
 log = structlog.get_logger(__name__)
@@ -208,20 +209,6 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
 
 # --- parent side --------------------------------------------------------------------------
 
-# Read by OpenBLAS, OpenMP and MKL when the child imports numpy, so they must be in the
-# environment the child is spawned with.
-_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _limit_library_threads(threads: int) -> None:
-    """Give the child's numerical libraries the configured thread count, not one per core.
-
-    Verification solves many small least-squares problems; a thread pool per core makes each
-    one several times slower on a busy two-core NAS. A value the owner set is kept.
-    """
-    for name in _THREAD_VARIABLES:
-        os.environ.setdefault(name, str(threads))
-
 
 def _rebuild_rejection(name: str, path: Path, detail: str) -> FileRejected:
     cls = getattr(errors, name, None)
@@ -248,7 +235,8 @@ class AnalysisWorker:
         process = self._ctx.Process(
             target=_serve, args=(child, self._settings), name="dupwatch-worker", daemon=True
         )
-        _limit_library_threads(self._settings.model.threads)
+        # Read when the child loads numpy, so they go in the environment it is spawned with.
+        limit_math_threads(self._settings.model.threads)
         process.start()
         child.close()
         self._process, self._conn = process, parent
