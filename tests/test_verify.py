@@ -24,7 +24,7 @@ Image = NDArray[np.uint8]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle")
 
 
-def _photo(name: str) -> Image:
+def photo_at_1000px(name: str) -> Image:
     if name == "motorcycle":
         img = skimage.data.stereo_motorcycle()[0]
     else:
@@ -38,7 +38,7 @@ def _photo(name: str) -> Image:
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, Image]:
-    return {name: _photo(name) for name in PHOTOS}
+    return {name: photo_at_1000px(name) for name in PHOTOS}
 
 
 def working(img: Image) -> Image:

@@ -26,6 +26,7 @@ from dupwatch.photometric import channel_max, luma_spread, photometric_fit
 
 Image = NDArray[np.uint8]
 Floats = NDArray[np.float32]
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 
 # Where one image has a saturated channel and the other is bright, the pair says nothing: a
 # brightened copy clips highlights the original kept.
@@ -80,7 +81,7 @@ def measure_agreement(
     """
     stats, overlap_a, overlap_b = compare(a, b, alignment, params)
     if stats is None:
-        return _no_overlap(overlap_a, overlap_b), None
+        return no_overlap(overlap_a, overlap_b), None
     return summarise(stats, params, overlap_a, overlap_b), stats
 
 
@@ -93,21 +94,10 @@ def compare(
     scale = alignment.scale
     hb, wb = b.shape[:2]
 
-    # Overlap in a's frame: b's content rectangle mapped over a's content rectangle (uniform
-    # borders such as letterbox bars are content of neither).
-    ax0, ay0, ax1, ay1 = content_box(a)
-    bx0, by0, bx1, by1 = content_box(src)
-    corners = np.array([[bx0, by0], [bx1, by0], [bx1, by1], [bx0, by1]], dtype=np.float64) - 0.5
-    mapped = corners @ matrix[:, :2].T + matrix[:, 2] + 0.5
-    mx0, my0 = (float(v) for v in mapped.min(axis=0))
-    mx1, my1 = (float(v) for v in mapped.max(axis=0))
-    x0, y0 = max(float(ax0), mx0), max(float(ay0), my0)
-    x1, y1 = min(float(ax1), mx1), min(float(ay1), my1)
-    if x1 - x0 < 8 or y1 - y0 < 8:
+    found = overlap(content_box(a), content_box(src), matrix)
+    if found is None:
         return None, 0.0, 0.0
-    shared = (x1 - x0) * (y1 - y0)
-    overlap_a = min(1.0, shared / max(float((ax1 - ax0) * (ay1 - ay0)), 1.0))
-    overlap_b = min(1.0, shared / max((mx1 - mx0) * (my1 - my0), 1.0))
+    (x0, y0, x1, y1), overlap_a, overlap_b = found
     if max(overlap_a, overlap_b) < params.min_containment:
         return None, overlap_a, overlap_b  # two framings of a scene: nothing more to learn
 
@@ -168,6 +158,31 @@ def compare(
     if int(valid.sum()) < 64:
         return None, overlap_a, overlap_b
     return block_statistics(grid_a, grid_b, valid, params.block), overlap_a, overlap_b
+
+
+def overlap(
+    box_a: Box, box_b: Box, matrix: NDArray[np.float64]
+) -> tuple[tuple[float, float, float, float], float, float] | None:
+    """Where ``b``'s content box, mapped by ``matrix``, overlaps ``a``'s, in ``a``'s frame, and
+    the share of each box the overlap covers; None when they overlap by less than 8 pixels.
+
+    Uniform borders such as letterbox bars are content of neither. Needs no pixels, only the
+    boxes (``content_box``), so a pair that cannot contain one another is turned down early.
+    """
+    ax0, ay0, ax1, ay1 = box_a
+    bx0, by0, bx1, by1 = box_b
+    corners = np.array([[bx0, by0], [bx1, by0], [bx1, by1], [bx0, by1]], dtype=np.float64) - 0.5
+    mapped = corners @ matrix[:, :2].T + matrix[:, 2] + 0.5
+    mx0, my0 = (float(v) for v in mapped.min(axis=0))
+    mx1, my1 = (float(v) for v in mapped.max(axis=0))
+    x0, y0 = max(float(ax0), mx0), max(float(ay0), my0)
+    x1, y1 = min(float(ax1), mx1), min(float(ay1), my1)
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    shared = (x1 - x0) * (y1 - y0)
+    overlap_a = min(1.0, shared / max(float((ax1 - ax0) * (ay1 - ay0)), 1.0))
+    overlap_b = min(1.0, shared / max((mx1 - mx0) * (my1 - my0), 1.0))
+    return (x0, y0, x1, y1), overlap_a, overlap_b
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +278,7 @@ def summarise(
 ) -> Agreement:
     scores, ok = block_scores(stats, params)
     if int(ok.sum()) == 0:
-        return _no_overlap(overlap_a, overlap_b)
+        return no_overlap(overlap_a, overlap_b)
     disagree = (scores > 1.0) & ok
     rows, cols = _trim_bands(disagree, ok, params)
     core_ok = ok[rows[0] : rows[1], cols[0] : cols[1]]
@@ -289,7 +304,8 @@ def summarise(
     )
 
 
-def _no_overlap(overlap_a: float = 0.0, overlap_b: float = 0.0) -> Agreement:
+def no_overlap(overlap_a: float = 0.0, overlap_b: float = 0.0) -> Agreement:
+    """The agreement of a pair that does not overlap enough to be compared."""
     return Agreement(
         min(1.0, overlap_a), min(1.0, overlap_b), 0, 0.0, 1.0, math.inf, 1.0, math.inf, ""
     )
@@ -314,7 +330,7 @@ def _clipped_pairs(
     return np.asarray(cv2.dilate(pairs, np.ones((3, 3), np.uint8)) > 0, dtype=bool)
 
 
-def content_box(image: Image) -> tuple[int, int, int, int]:
+def content_box(image: Image) -> Box:
     """(x0, y0, x1, y1) of the image without uniform borders (letterbox bars, mats)."""
     g = channel_max(image).astype(np.int16)
     rows = (g.max(axis=1) - g.min(axis=1)) > _UNIFORM_RANGE

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 Image = NDArray[np.uint8]
 Matrix = NDArray[np.float64]
+Thumb = NDArray[np.float32]
 
 _THUMB = 24  # thumbnail side for the dihedral comparison: enough to tell orientations apart
 
@@ -100,10 +101,28 @@ def dihedral_candidates(
     best first. This catches resized, re-encoded, recoloured, rotated and mirrored copies
     without any feature matching.
     """
-    ha, wa = a.shape[:2]
-    hb, wb = b.shape[:2]
-    thumb_a = _thumb(gray(a))
-    thumb_b = _thumb(gray(b))
+    return dihedral_alignments(
+        thumbnail(a),
+        a.shape[:2],
+        thumbnail(b),
+        b.shape[:2],
+        max_aspect_error=max_aspect_error,
+        min_correlation=min_correlation,
+    )
+
+
+def dihedral_alignments(
+    thumb_a: Thumb,
+    size_a: tuple[int, ...],
+    thumb_b: Thumb,
+    size_b: tuple[int, ...],
+    *,
+    max_aspect_error: float,
+    min_correlation: float,
+) -> list[Alignment]:
+    """``dihedral_candidates`` from the thumbnails and (height, width) of the two images."""
+    ha, wa = size_a[:2]
+    hb, wb = size_b[:2]
     found: list[Alignment] = []
     for mirrored in (False, True):
         tb = thumb_b[:, ::-1] if mirrored else thumb_b
@@ -126,16 +145,24 @@ def mirror_resembles_more(a: Image, b: Image) -> bool:
     Compared on tiny thumbnails squashed to a square, so a crop or a bar changes little; a
     mirrored copy resembles its original far more mirrored than not.
     """
-    thumb_a = _thumb(gray(a))
-    thumb_b = _thumb(gray(b))
+    return thumbs_look_mirrored(thumbnail(a), thumbnail(b))
 
-    def best(tb: NDArray[np.float32]) -> float:
+
+def thumbs_look_mirrored(thumb_a: Thumb, thumb_b: Thumb) -> bool:
+    """``mirror_resembles_more`` from the two images' thumbnails."""
+
+    def best(tb: Thumb) -> float:
         return max(_correlation(thumb_a, np.rot90(tb, k)) for k in range(4))
 
     return best(thumb_b[:, ::-1]) > best(thumb_b)
 
 
-def _thumb(g: Image) -> NDArray[np.float32]:
+def thumbnail(image: Image) -> Thumb:
+    """The 24x24 grey thumbnail the whole-frame comparisons use."""
+    return _thumb(gray(image))
+
+
+def _thumb(g: Image) -> Thumb:
     return cv2.resize(g, (_THUMB, _THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
@@ -162,13 +189,19 @@ _FEATURE_CACHE: OrderedDict[tuple[bytes, tuple[int, ...], int], Features] = Orde
 _FEATURE_CACHE_SIZE = 64
 
 
+def _feature_key(image: Image, count: int) -> tuple[bytes, tuple[int, ...], int]:
+    digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest()
+    return digest, image.shape, count
+
+
+def remembered_features(image: Image, *, count: int) -> Features | None:
+    """The features ``orb_features`` last detected on ``image``, or None: never detects."""
+    return _FEATURE_CACHE.get(_feature_key(image, count))
+
+
 def orb_features(image: Image, *, count: int) -> Features:
     """ORB features of ``image``; remembered by content, since detection costs ~15 ms."""
-    key = (
-        hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).digest(),
-        image.shape,
-        count,
-    )
+    key = _feature_key(image, count)
     cached = _FEATURE_CACHE.get(key)
     if cached is not None:
         _FEATURE_CACHE.move_to_end(key)

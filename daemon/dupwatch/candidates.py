@@ -25,10 +25,10 @@ from dupwatch.images import FileBytes, PhotoMeta
 from dupwatch.index import VectorIndex
 from dupwatch.policy import PhotoFacts, camera_times_differ
 from dupwatch.records import FileStatus, StatKey
+from dupwatch.sketch import SketchCache
 from dupwatch.store import Store
 from dupwatch.store.records import FileRecord
-from dupwatch.verify import Verification
-from dupwatch.worker import Fingerprint
+from dupwatch.worker import Fingerprint, Verified
 from dupwatch.workerpool import AnalysisPool
 
 log = structlog.get_logger(__name__)
@@ -43,6 +43,9 @@ HASH_CANDIDATE_DISTANCE = 10
 HASH_VERIFY_DISTANCE = 4
 # Verification costs a decode of the known file; the closest few candidates are enough.
 MAX_VERIFIED_CANDIDATES = 3
+# Sketches of recently verified files kept (about 45 KB each): a burst or an album arriving
+# together keeps being compared with the same few look-alikes.
+SKETCH_CACHE_SIZE = 512
 # Byte copies looked at before all of them are read.
 _FIRST_COPIES = 8
 
@@ -138,6 +141,8 @@ class CandidateSearch:
         self._hashes = hashes
         self._worker = worker
         self._model_id = model_id
+        # Look-alikes turned down before are turned down again without decoding them.
+        self._sketches = SketchCache(SKETCH_CACHE_SIZE)
 
     def exact_matches(
         self, file: FileBytes, known: FileRecord | None
@@ -267,13 +272,20 @@ class CandidateSearch:
         # outcome is the same as one at a time, and what is not needed yet is dropped.
         chosen = worth_it[:MAX_VERIFIED_CANDIDATES]
         framed = fingerprint.framed_vector is not None
+        sketch_new = file.sha256 not in self._sketches
         pending = [
-            self._worker.verify_later(fingerprint.pixels, p.record.path, framed=framed)
-            for p in chosen
+            self._worker.verify_later(
+                fingerprint.pixels,
+                p.record.path,
+                framed=framed,
+                sketch=self._sketches.get(p.record.sha256),
+                sketch_new=sketch_new and rank == 0,  # one is enough
+            )
+            for rank, p in enumerate(chosen)
         ]
         try:
             for pair, verification in zip(chosen, pending, strict=True):
-                self._take_verification(pair, verification)
+                self._take_verification(pair, verification, file.sha256)
                 # One confirmed original is enough; a vetoed one (a burst neighbour) is not.
                 if pair.verified and not camera_times_differ(
                     new_facts, facts_of(pair.record, pair.meta)
@@ -325,14 +337,15 @@ class CandidateSearch:
             vector = oriented[variant]
         return float(np.dot(vector, stored) / max(float(np.linalg.norm(stored)), 1e-12))
 
-    @staticmethod
-    def _take_verification(pair: Pair, pending: Future[tuple[Verification, PhotoMeta]]) -> None:
+    def _take_verification(self, pair: Pair, pending: Future[Verified], sha256: str) -> None:
         try:
-            verification, meta = pending.result()
+            verified = pending.result()
         except FileRejected as exc:
             # The known file cannot be read now: no verification, so no automatic action.
             pair.verification = {"same": False, "reason": f"known_file_{exc.reason}"}
             return
-        pair.verified = bool(verification.same)
-        pair.verification = dataclasses.asdict(verification)
-        pair.meta = meta
+        pair.verified = bool(verified.verification.same)
+        pair.verification = dataclasses.asdict(verified.verification)
+        pair.meta = verified.meta
+        self._sketches.put(pair.record.sha256, verified.known_sketch)
+        self._sketches.put(sha256, verified.new_sketch)

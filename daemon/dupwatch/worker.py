@@ -27,6 +27,7 @@ from dupwatch.config import DecodeConfig, LogConfig, ModelConfig
 from dupwatch.errors import DecoderCrashed, DecoderTimeout, FileRejected, ModelError
 from dupwatch.images import DecodedImage, FileBytes, PhotoMeta
 from dupwatch.maththreads import limit_math_threads
+from dupwatch.sketch import Sketch
 from dupwatch.verify import Verification
 
 log = structlog.get_logger(__name__)
@@ -144,22 +145,62 @@ def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], 
     return known.pixels, known.meta
 
 
-def _verify_known(
-    pixels: NDArray[np.uint8], path: Path, decode: DecodeConfig, framed: bool
-) -> tuple[Any, PhotoMeta]:
-    from dupwatch.framing import photo_inside
-    from dupwatch.verify import verify
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A verification of a new image against a known file, and what it leaves to keep."""
 
-    known_pixels, meta = _decode_known(path, decode)
+    verification: Verification
+    meta: PhotoMeta | None  # the known file's, when it was decoded (for the camera-time veto)
+    # Sketches made on this call of a pair that turned out to be look-alikes, so the next
+    # verification against either file can go without decoding it (``verify.screen``).
+    known_sketch: Sketch | None = None
+    new_sketch: Sketch | None = None
+
+
+def _verify_known(
+    pixels: NDArray[np.uint8],
+    path: Path,
+    decode: DecodeConfig,
+    framed: bool,
+    sketch: Sketch | None,
+    sketch_new: bool,
+) -> Verified:
+    from dupwatch.framing import photo_inside
+    from dupwatch.verify import VerifyThresholds, screen, verify
+
     # A photo inside a frame (a screenshot) is compared as itself first: a whole-frame match
     # is cheaper and surer than finding it within its frame by features. Whether there is a
     # frame was found when the new file was fingerprinted.
     inner = photo_inside(pixels) if framed else None
+    if sketch is not None:
+        as_itself = None if inner is None else screen(inner, sketch)
+        if inner is None or as_itself is not None:
+            screened = screen(pixels, sketch)
+            if screened is not None:
+                return Verified(screened, None)
+    known_pixels, meta = _decode_known(path, decode)
     if inner is not None:
-        as_itself = verify(inner, known_pixels)
-        if as_itself.same:
-            return as_itself, meta
-    return verify(pixels, known_pixels), meta
+        verified = verify(inner, known_pixels)
+        if verified.same:
+            return Verified(verified, meta)
+    verified = verify(pixels, known_pixels)
+    if verified.same:
+        return Verified(verified, meta)
+    # Both sides' features were just detected (a rejected pair always gets that far), and
+    # the known side's mirrored ones too if this pair looked mirrored: a sketch lacking them
+    # is replaced by one that has them.
+    count = VerifyThresholds().orb_features
+    known_sketch = None
+    if sketch is None or sketch.mirrored_features is None:
+        known_sketch = Sketch.of(known_pixels, orb_count=count)
+        if sketch is not None and known_sketch.mirrored_features is None:
+            known_sketch = None  # nothing new
+    return Verified(
+        verified,
+        meta,
+        known_sketch=known_sketch,
+        new_sketch=Sketch.of(pixels, orb_count=count) if sketch_new else None,
+    )
 
 
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
@@ -192,8 +233,10 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
             if kind == "fingerprint":
                 reply: Any = _fingerprint(embedder, request[1], settings.decode)
             elif kind == "verify":
-                _, pixels, known_path, framed = request
-                reply = _verify_known(pixels, known_path, settings.decode, framed)
+                _, pixels, known_path, framed, sketch, sketch_new = request
+                reply = _verify_known(
+                    pixels, known_path, settings.decode, framed, sketch, sketch_new
+                )
             elif kind == "embed":
                 reply = embedder.embed(request[1])
             else:
@@ -313,16 +356,23 @@ class AnalysisWorker:
         return result
 
     def verify(
-        self, pixels: NDArray[np.uint8], known_path: Path, *, framed: bool
-    ) -> tuple[Verification, PhotoMeta]:
+        self,
+        pixels: NDArray[np.uint8],
+        known_path: Path,
+        *,
+        framed: bool,
+        sketch: Sketch | None = None,
+        sketch_new: bool = False,
+    ) -> Verified:
         """Verify the decoded new image against the known file at ``known_path``.
 
         ``framed``: the new image holds a photo inside a frame (its fingerprint has a
-        ``framed_vector``). Returns the verification and the known file's metadata (for the
-        camera-time veto).
+        ``framed_vector``). ``sketch``: the known file's, if one was kept; the file is decoded
+        only when the sketch cannot settle it. ``sketch_new``: return the new image's sketch
+        when the pair turns out to be look-alikes.
         """
-        result: tuple[Verification, PhotoMeta] = self._call(
-            ("verify", pixels, known_path, framed), known_path
+        result: Verified = self._call(
+            ("verify", pixels, known_path, framed, sketch, sketch_new), known_path
         )
         return result
 

@@ -27,9 +27,9 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from dupwatch.images import FileBytes, PhotoMeta, read_file
-from dupwatch.verify import Verification
-from dupwatch.worker import AnalysisWorker, Fingerprint, WorkerSettings
+from dupwatch.images import FileBytes, read_file
+from dupwatch.sketch import Sketch
+from dupwatch.worker import AnalysisWorker, Fingerprint, Verified, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -167,12 +167,21 @@ class AnalysisPool:
         return self._call(lambda worker: worker.fingerprint(file))
 
     def verify_later(
-        self, pixels: NDArray[np.uint8], known_path: Path, *, framed: bool
-    ) -> Future[tuple[Verification, PhotoMeta]]:
+        self,
+        pixels: NDArray[np.uint8],
+        known_path: Path,
+        *,
+        framed: bool,
+        sketch: Sketch | None = None,
+        sketch_new: bool = False,
+    ) -> Future[Verified]:
         """``AnalysisWorker.verify`` started now on the next free worker, ahead of look-ahead
         work; cancel the future if its answer is no longer needed."""
         return self._submit(
-            _URGENT, lambda worker: worker.verify(pixels, known_path, framed=framed)
+            _URGENT,
+            lambda worker: worker.verify(
+                pixels, known_path, framed=framed, sketch=sketch, sketch_new=sketch_new
+            ),
         )
 
     def embed(self, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
