@@ -244,7 +244,7 @@ class Daemon:
                 self._pending.append(self._queue.get(timeout=_TICK))
             except queue.Empty:
                 return None
-        ahead = self._s.worker.size
+        ahead = self._s.worker.look_ahead
         while len(self._pending) <= ahead:
             try:
                 self._pending.append(self._queue.get_nowait())

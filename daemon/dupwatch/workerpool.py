@@ -17,7 +17,7 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
+from dupwatch.errors import ModelError
 from dupwatch.images import FileBytes, read_file
 from dupwatch.sketch import Sketch
 from dupwatch.worker import AnalysisWorker, Fingerprint, Verified, WorkerSettings
@@ -37,6 +38,7 @@ T = TypeVar("T")
 
 # Look-ahead fingerprints waiting to be taken; beyond this, ``prefetch`` is a no-op.
 MAX_PREFETCHED = 8
+_AHEAD_PER_WORKER = 3
 _URGENT, _AHEAD = 0, 1
 
 
@@ -82,6 +84,16 @@ class AnalysisPool:
     @property
     def size(self) -> int:
         return len(self._workers)
+
+    @property
+    def look_ahead(self) -> int:
+        """How many files after the one being decided to fingerprint in the background.
+
+        While a file's candidates are verified (up to three requests, often on one worker),
+        the other workers need files of their own to fingerprint: a few per worker keeps
+        them busy; each waiting fingerprint holds ~0.6 MB of pixels.
+        """
+        return min(MAX_PREFETCHED, _AHEAD_PER_WORKER * self.size)
 
     def start(self) -> None:
         """Start every worker and wait until each has its model; ModelError if one cannot.
@@ -166,23 +178,46 @@ class AnalysisPool:
                 return ahead.fingerprint.result()
         return self._call(lambda worker: worker.fingerprint(file))
 
-    def verify_later(
+    def verify_in_turn(
         self,
         pixels: NDArray[np.uint8],
-        known_path: Path,
+        known: Sequence[tuple[Path, Sketch | None]],
         *,
         framed: bool,
-        sketch: Sketch | None = None,
         sketch_new: bool = False,
-    ) -> Future[Verified]:
-        """``AnalysisWorker.verify`` started now on the next free worker, ahead of look-ahead
-        work; cancel the future if its answer is no longer needed."""
-        return self._submit(
-            _URGENT,
-            lambda worker: worker.verify(
-                pixels, known_path, framed=framed, sketch=sketch, sketch_new=sketch_new
-            ),
-        )
+    ) -> list[Future[Verified]]:
+        """``AnalysisWorker.verify`` of the new image against each known file (its path and
+        sketch, if kept), one after another on one worker, ahead of look-ahead work.
+
+        One worker, so the new image's features are detected once and the other workers go
+        on fingerprinting the next files; in turn, so cancelling the futures of candidates no
+        longer needed (once one is confirmed) saves their work. ``sketch_new`` asks the first
+        verification for the new image's sketch.
+        """
+        futures: list[Future[Verified]] = [Future() for _ in known]
+
+        def run(worker: AnalysisWorker) -> None:
+            for number, ((path, sketch), future) in enumerate(zip(known, futures, strict=True)):
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    future.set_result(
+                        worker.verify(
+                            pixels,
+                            path,
+                            framed=framed,
+                            sketch=sketch,
+                            sketch_new=sketch_new and number == 0,
+                        )
+                    )
+                except BaseException as exc:  # handed to whoever waits on that future
+                    future.set_exception(exc)
+
+        if futures:
+            turn = self._submit(_URGENT, run)
+            # Should the turn itself fail, nothing would answer these: fail them instead.
+            turn.add_done_callback(lambda done: _fail_unanswered(done, futures))
+        return futures
 
     def embed(self, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
         return self._call(lambda worker: worker.embed(images))
@@ -219,6 +254,13 @@ class AnalysisPool:
             ahead.fingerprint.cancel()
 
 
+def _fail_unanswered(turn: Future[None], futures: list[Future[Verified]]) -> None:
+    if turn.cancelled() or turn.exception() is not None:
+        for future in futures:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(ModelError("the analysis pool stopped before verifying"))
+
+
 def _stop(_worker: AnalysisWorker) -> None:
     """Marker task: the serving thread returns."""
 
@@ -230,7 +272,7 @@ def looking_ahead(paths: Iterable[Path], pool: AnalysisPool) -> Iterator[Path]:
     for path in source:
         window.append(path)
         pool.prefetch(path)
-        if len(window) > pool.size:
+        if len(window) > pool.look_ahead:
             current = window.pop(0)
             yield current
             pool.forget(current)
