@@ -67,8 +67,11 @@ def gray(image: Image) -> Image:
 
 
 def mirror(image: Image) -> Image:
-    flipped: Image = np.ascontiguousarray(image[:, ::-1])
-    return flipped
+    """``image`` flipped left to right, as a new contiguous array (cv2.flip: several times
+    faster than copying a reversed numpy view)."""
+    if image.size == 0:
+        return np.ascontiguousarray(image[:, ::-1])
+    return np.asarray(cv2.flip(np.ascontiguousarray(image), 1), dtype=np.uint8)
 
 
 def _dihedral_matrix(k: int, width: int, height: int, sx: float, sy: float) -> Matrix:
