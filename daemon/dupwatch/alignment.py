@@ -94,26 +94,6 @@ def _dihedral_matrix(k: int, width: int, height: int, sx: float, sy: float) -> M
     return np.asarray((scale @ np.vstack([rot, [0.0, 0.0, 1.0]]))[:2], dtype=np.float64)
 
 
-def dihedral_candidates(
-    a: Image, b: Image, *, max_aspect_error: float, min_correlation: float
-) -> list[Alignment]:
-    """Whole-frame alignments of ``b`` onto ``a`` under the eight dihedral variants.
-
-    Only variants whose aspect ratio matches ``a``'s are tried; each is scored by the
-    correlation of 24x24 grey thumbnails, and those above ``min_correlation`` are returned,
-    best first. This catches resized, re-encoded, recoloured, rotated and mirrored copies
-    without any feature matching.
-    """
-    return dihedral_alignments(
-        thumbnail(a),
-        a.shape[:2],
-        thumbnail(b),
-        b.shape[:2],
-        max_aspect_error=max_aspect_error,
-        min_correlation=min_correlation,
-    )
-
-
 def dihedral_alignments(
     thumb_a: Thumb,
     size_a: tuple[int, ...],
@@ -123,7 +103,14 @@ def dihedral_alignments(
     max_aspect_error: float,
     min_correlation: float,
 ) -> list[Alignment]:
-    """``dihedral_candidates`` from the thumbnails and (height, width) of the two images."""
+    """Whole-frame alignments of image ``b`` onto image ``a`` under the eight dihedral variants,
+    from their thumbnails (``thumbnail``) and their (height, width).
+
+    Only variants whose aspect ratio matches ``a``'s are tried; each is scored by the
+    correlation of the thumbnails, and those above ``min_correlation`` are returned, best
+    first. This catches resized, re-encoded, recoloured, rotated and mirrored copies without
+    any feature matching.
+    """
     ha, wa = size_a[:2]
     hb, wb = size_b[:2]
     found: list[Alignment] = []
@@ -142,17 +129,13 @@ def dihedral_alignments(
     return found
 
 
-def mirror_resembles_more(a: Image, b: Image) -> bool:
-    """Whether mirrored ``b`` looks more like ``a`` than ``b`` as it is, turned either way.
-
-    Compared on tiny thumbnails squashed to a square, so a crop or a bar changes little; a
-    mirrored copy resembles its original far more mirrored than not.
-    """
-    return thumbs_look_mirrored(thumbnail(a), thumbnail(b))
-
-
 def thumbs_look_mirrored(thumb_a: Thumb, thumb_b: Thumb) -> bool:
-    """``mirror_resembles_more`` from the two images' thumbnails."""
+    """Whether mirrored image ``b`` looks more like image ``a`` than ``b`` as it is, turned
+    either way, from their thumbnails.
+
+    Thumbnails are squashed to a square, so a crop or a bar changes little; a mirrored copy
+    resembles its original far more mirrored than not.
+    """
 
     def best(tb: Thumb) -> float:
         return max(_correlation(thumb_a, np.rot90(tb, k)) for k in range(4))

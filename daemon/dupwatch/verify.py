@@ -42,10 +42,8 @@ from dupwatch.alignment import (
     Alignment,
     Features,
     dihedral_alignments,
-    dihedral_candidates,
     feature_alignment,
     mirror,
-    mirror_resembles_more,
     orb_features,
     thumbnail,
     thumbs_look_mirrored,
@@ -203,9 +201,12 @@ def measure(
         tried.append(candidate)
         return decide(candidate, thresholds)[0] and not exhaustive
 
-    for alignment in dihedral_candidates(
-        a,
-        b,
+    thumb_a, thumb_b = thumbnail(a), thumbnail(b)
+    for alignment in dihedral_alignments(
+        thumb_a,
+        a.shape,
+        thumb_b,
+        b.shape,
         max_aspect_error=thresholds.max_aspect_error,
         min_correlation=thresholds.min_thumb_correlation,
     )[:2]:
@@ -215,7 +216,7 @@ def measure(
     features_a = orb_features(a, count=thresholds.orb_features)
     # Features are not mirror-invariant: a mirrored search costs a detection and a match
     # of its own, so it is made only for a pair that looks mirrored.
-    mirrors = (False, True) if exhaustive or mirror_resembles_more(a, b) else (False,)
+    mirrors = (False, True) if exhaustive or thumbs_look_mirrored(thumb_a, thumb_b) else (False,)
     for mirrored in mirrors:
         features_b: Features = orb_features(
             mirror(b) if mirrored else b, count=thresholds.orb_features
