@@ -115,20 +115,19 @@ def test_a_look_alike_sketched_once_is_turned_down_without_reading_it_again(
     left = working(photo[:, : w // 2 - 20])
     known = write_jpeg(tmp_path / "right.jpg", photo[:, w // 2 + 20 :])
 
-    (turn,) = pool.verify_in_turn(left, [(known, None)], framed=False, sketch_new=True)
-    first = turn.result(timeout=60)
+    first = pool.verify_later(left, known, framed=False, sketch_new=True).result(timeout=60)
     assert not first.verification.same
     assert first.known_sketch is not None and first.new_sketch is not None
     assert first.new_sketch.size == left.shape[:2]
 
     known.unlink()  # from now on only the sketch can answer
-    (again,) = pool.verify_in_turn(left, [(known, first.known_sketch)], framed=False)
+    again = pool.verify_later(left, known, framed=False, sketch=first.known_sketch)
     result = again.result(timeout=60)
     assert result.verification == first.verification
     assert result.known_sketch is None and result.meta is None
     # Without a sketch the known file must be read, and it is gone.
     with pytest.raises(FileRejected):
-        pool.verify_in_turn(left, [(known, None)], framed=False)[0].result(timeout=60)
+        pool.verify_later(left, known, framed=False).result(timeout=60)
 
 
 def test_a_copy_is_confirmed_from_its_pixels_even_with_a_sketch(
@@ -137,23 +136,8 @@ def test_a_copy_is_confirmed_from_its_pixels_even_with_a_sketch(
     original = photos["coffee"]
     known = write_jpeg(tmp_path / "original.jpg", original)
     copy = working(crop(original, 0.05))
-    (result,) = pool.verify_in_turn(copy, [(known, sketch(working(original)))], framed=False)
+    result = pool.verify_later(copy, known, framed=False, sketch=sketch(working(original)))
     verified = result.result(timeout=60)
     assert verified.verification.same, verified.verification.explain()
     assert verified.meta is not None
     assert dataclasses.asdict(verified.verification)["reason"] == "aligned_match"
-
-
-def test_candidates_are_verified_in_turn_and_a_dropped_one_is_never_run(
-    pool: AnalysisPool, photos: dict[str, Image], tmp_path: Path
-) -> None:
-    original = photos["chelsea"]
-    known = write_jpeg(tmp_path / "original.jpg", original)
-    other = write_jpeg(tmp_path / "other.jpg", photos["motorcycle"])
-    missing = tmp_path / "never-read.jpg"
-    copy = working(jpeg(original, 60))
-    turns = pool.verify_in_turn(copy, [(known, None), (missing, None), (other, None)], framed=False)
-    assert turns[1].cancel()  # dropped while the first is verified
-    assert turns[0].result(timeout=60).verification.same
-    assert not turns[2].result(timeout=60).verification.same
-    assert turns[1].cancelled()  # a run would have failed on the missing file instead

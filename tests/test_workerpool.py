@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import cv2
@@ -18,7 +20,15 @@ from dupwatch.config import Config
 from dupwatch.errors import NotAnImage
 from dupwatch.images import read_file
 from dupwatch.worker import WorkerSettings
-from dupwatch.workerpool import AnalysisPool, looking_ahead
+from dupwatch.workerpool import (
+    _AHEAD,
+    _URGENT,
+    AnalysisPool,
+    _Schedule,
+    _stop,
+    _Task,
+    looking_ahead,
+)
 
 
 def write_jpeg(path: Path, rgb: NDArray[np.uint8]) -> Path:
@@ -140,3 +150,28 @@ def test_pool_runs_one_process_per_worker_and_close_ends_them(tmp_path: Path) ->
     finally:
         pool.close()
     assert not (_children() & started)
+
+
+def test_look_ahead_work_always_leaves_a_worker_for_the_file_being_decided() -> None:
+    schedule = _Schedule(ahead_limit=1)
+    ahead = [_Task(_AHEAD, n, _stop, Future()) for n in range(3)]
+    for task in ahead:
+        schedule.put(task)
+    first = schedule.take()
+    assert first is ahead[0]
+    taken: list[_Task] = []
+    waiter = threading.Thread(target=lambda: taken.append(schedule.take()), daemon=True)
+    waiter.start()
+    try:
+        waiter.join(timeout=0.3)
+        assert not taken  # a second fingerprint of a later file must wait ...
+        urgent = _Task(_URGENT, 10, _stop, Future())
+        schedule.put(urgent)
+        waiter.join(timeout=10)
+        assert taken == [urgent]  # ... while a request for the current file runs at once
+        schedule.finished(urgent)
+        schedule.finished(first)
+        assert schedule.take() is ahead[1]  # and look-ahead resumes when the first is done
+    finally:
+        schedule.put(_Task(2, 99, _stop, Future()))
+        waiter.join(timeout=10)

@@ -268,15 +268,20 @@ class CandidateSearch:
         worth_it = sorted(
             (p for p in usable if proposed(p, threshold)), key=lambda p: not hash_near(p)
         )
-        # Verified in order on one worker; what is not needed once an original is confirmed
-        # is dropped before it starts.
+        # Verified side by side when there are several workers, but taken in order: the
+        # outcome is the same as one at a time, and what is not needed yet is dropped.
         chosen = worth_it[:MAX_VERIFIED_CANDIDATES]
-        pending = self._worker.verify_in_turn(
-            fingerprint.pixels,
-            [(p.record.path, self._sketches.get(p.record.sha256)) for p in chosen],
-            framed=fingerprint.framed_vector is not None,
-            sketch_new=file.sha256 not in self._sketches,
-        )
+        sketch_new = file.sha256 not in self._sketches
+        pending = [
+            self._worker.verify_later(
+                fingerprint.pixels,
+                p.record.path,
+                framed=fingerprint.framed_vector is not None,
+                sketch=self._sketches.get(p.record.sha256),
+                sketch_new=sketch_new and rank == 0,  # one is enough
+            )
+            for rank, p in enumerate(chosen)
+        ]
         try:
             for pair, verification in zip(chosen, pending, strict=True):
                 self._take_verification(pair, verification, file.sha256)

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from dupwatch.errors import ModelError
 from dupwatch.images import FileBytes, read_file
 from dupwatch.sketch import Sketch
 from dupwatch.worker import AnalysisWorker, Fingerprint, Verified, WorkerSettings
@@ -60,6 +58,49 @@ class _Task:
     future: Future[Any] = field(compare=False)
 
 
+class _Schedule:
+    """Tasks in priority order, with look-ahead work on at most ``ahead_limit`` workers at once.
+
+    The file being decided waits for its verifications; were every worker busy with a
+    fingerprint of a later file, each of them would wait for that fingerprint to finish
+    first. Keeping a worker out of look-ahead work lets them start at once.
+    """
+
+    def __init__(self, ahead_limit: int) -> None:
+        self._tasks: list[_Task] = []
+        self._changed = threading.Condition()
+        self._ahead_running = 0
+        self._ahead_limit = ahead_limit
+
+    def put(self, task: _Task) -> None:
+        with self._changed:
+            self._tasks.append(task)
+            self._changed.notify_all()
+
+    def take(self) -> _Task:
+        """The first task in priority order that may run now; waits for one."""
+        with self._changed:
+            while True:
+                allowed = [
+                    t
+                    for t in self._tasks
+                    if t.priority != _AHEAD or self._ahead_running < self._ahead_limit
+                ]
+                if allowed:
+                    task = min(allowed)
+                    self._tasks.remove(task)
+                    if task.priority == _AHEAD:
+                        self._ahead_running += 1
+                    return task
+                self._changed.wait()
+
+    def finished(self, task: _Task) -> None:
+        if task.priority == _AHEAD:
+            with self._changed:
+                self._ahead_running -= 1
+                self._changed.notify_all()
+
+
 @dataclass(frozen=True, slots=True)
 class _Prefetched:
     sha256: Future[str]
@@ -74,7 +115,7 @@ class AnalysisPool:
             raise ValueError("an analysis pool needs at least one worker")
         self._settings = settings
         self._workers = [AnalysisWorker(settings) for _ in range(size)]
-        self._tasks: queue.PriorityQueue[_Task] = queue.PriorityQueue()
+        self._tasks = _Schedule(ahead_limit=max(1, size - 1))
         self._sequence = itertools.count()
         self._threads: list[threading.Thread] = []
         self._prefetched: dict[Path, _Prefetched] = {}
@@ -89,9 +130,9 @@ class AnalysisPool:
     def look_ahead(self) -> int:
         """How many files after the one being decided to fingerprint in the background.
 
-        While a file's candidates are verified (up to three requests, often on one worker),
-        the other workers need files of their own to fingerprint: a few per worker keeps
-        them busy; each waiting fingerprint holds ~0.6 MB of pixels.
+        While a file is searched, verified and recorded, the workers need later files to
+        fingerprint: a few per worker keeps them busy; each waiting fingerprint holds ~0.6 MB
+        of pixels.
         """
         return min(MAX_PREFETCHED, _AHEAD_PER_WORKER * self.size)
 
@@ -142,15 +183,16 @@ class AnalysisPool:
 
     def _serve(self, worker: AnalysisWorker) -> None:
         while True:
-            task = self._tasks.get()
+            task = self._tasks.take()
             if task.run is _stop:
                 return
-            if not task.future.set_running_or_notify_cancel():
-                continue
             try:
-                task.future.set_result(task.run(worker))
+                if task.future.set_running_or_notify_cancel():
+                    task.future.set_result(task.run(worker))
             except BaseException as exc:  # handed to whoever waits on the future
                 task.future.set_exception(exc)
+            finally:
+                self._tasks.finished(task)
 
     def _submit(self, priority: int, run: Callable[[AnalysisWorker], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -178,46 +220,24 @@ class AnalysisPool:
                 return ahead.fingerprint.result()
         return self._call(lambda worker: worker.fingerprint(file))
 
-    def verify_in_turn(
+    def verify_later(
         self,
         pixels: NDArray[np.uint8],
-        known: Sequence[tuple[Path, Sketch | None]],
+        known_path: Path,
         *,
         framed: bool,
+        sketch: Sketch | None = None,
         sketch_new: bool = False,
-    ) -> list[Future[Verified]]:
-        """``AnalysisWorker.verify`` of the new image against each known file (its path and
-        sketch, if kept), one after another on one worker, ahead of look-ahead work.
-
-        One worker, so the new image's features are detected once and the other workers go
-        on fingerprinting the next files; in turn, so cancelling the futures of candidates no
-        longer needed (once one is confirmed) saves their work. ``sketch_new`` asks the first
-        verification for the new image's sketch.
-        """
-        futures: list[Future[Verified]] = [Future() for _ in known]
-
-        def run(worker: AnalysisWorker) -> None:
-            for number, ((path, sketch), future) in enumerate(zip(known, futures, strict=True)):
-                if not future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    future.set_result(
-                        worker.verify(
-                            pixels,
-                            path,
-                            framed=framed,
-                            sketch=sketch,
-                            sketch_new=sketch_new and number == 0,
-                        )
-                    )
-                except BaseException as exc:  # handed to whoever waits on that future
-                    future.set_exception(exc)
-
-        if futures:
-            turn = self._submit(_URGENT, run)
-            # Should the turn itself fail, nothing would answer these: fail them instead.
-            turn.add_done_callback(lambda done: _fail_unanswered(done, futures))
-        return futures
+    ) -> Future[Verified]:
+        """``AnalysisWorker.verify`` started now on the next free worker, ahead of look-ahead
+        work; cancel the future if its answer is no longer needed. The candidates of one file
+        are verified side by side: the file being decided holds up every later one."""
+        return self._submit(
+            _URGENT,
+            lambda worker: worker.verify(
+                pixels, known_path, framed=framed, sketch=sketch, sketch_new=sketch_new
+            ),
+        )
 
     def embed(self, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
         return self._call(lambda worker: worker.embed(images))
@@ -252,13 +272,6 @@ class AnalysisPool:
             ahead = self._prefetched.pop(path, None)
         if ahead is not None:
             ahead.fingerprint.cancel()
-
-
-def _fail_unanswered(turn: Future[None], futures: list[Future[Verified]]) -> None:
-    if turn.cancelled() or turn.exception() is not None:
-        for future in futures:
-            if future.set_running_or_notify_cancel():
-                future.set_exception(ModelError("the analysis pool stopped before verifying"))
 
 
 def _stop(_worker: AnalysisWorker) -> None:
