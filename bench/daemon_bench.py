@@ -296,6 +296,7 @@ def main() -> None:
     else:
         files = crop_set(args.count, (width, height))
     models = _warm_model_cache()
+    load = os.getloadavg()[0]  # other work on the machine skews every figure
     reference_files = files[:300]
     reference = reference_rate(reference_files, models)
     print(f"reference {reference:.1f} images/s", flush=True)
@@ -317,6 +318,7 @@ def main() -> None:
             "set": args.set,
             "count": args.count,
             "when": dt.date.today().isoformat(),
+            "load": load,
             "size": args.size,
             "dims": f"{width} x {height}",
             "settle": args.settle,

@@ -85,8 +85,8 @@ def section(r: dict[str, Any]) -> str:
         f"Run of `python bench/daemon_bench.py --set {r['set']} --count {r['count']}"
         f"{'' if not r.get('workers') else ' --workers ' + str(r['workers'])}` on "
         f"{r['when']} ({platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}). **The machine was shared with other jobs while this "
-        "ran**, so figures are conservative. " + _set_text(r),
+        f"{platform.python_version()}); 1-minute load average {r.get('load', float('nan')):.1f}"
+        " when it started (other work on the machine slows every figure). " + _set_text(r),
         "",
         "Each run is `dupwatch run` on an empty root with a fresh state directory, default "
         f"config except `settle_seconds = {r['settle']}` (the default 5 s would put every "

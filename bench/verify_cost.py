@@ -22,14 +22,19 @@ from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import structlog
+from dupwatch.maththreads import limit_math_threads
 
-from dupwatch import candidates
-from dupwatch.config import Config
-from dupwatch.filters import PathFilter
-from dupwatch.logs import configure_logging
-from dupwatch.reconcile import walk_files
-from dupwatch.runtime import open_services
+# As the dupwatch command does, before numpy loads: spinning BLAS threads would count as CPU.
+limit_math_threads(1)
+
+import structlog  # noqa: E402
+
+from dupwatch import candidates  # noqa: E402
+from dupwatch.config import Config  # noqa: E402
+from dupwatch.filters import PathFilter  # noqa: E402
+from dupwatch.logs import configure_logging  # noqa: E402
+from dupwatch.reconcile import walk_files  # noqa: E402
+from dupwatch.runtime import open_services  # noqa: E402
 
 
 def _cpu() -> float:
@@ -119,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Run by `python bench/verify_cost.py {' '.join(str(f) for f in args.folders)}"
             f"{f' --limit {args.limit}' if args.limit else ''}` on {time.strftime('%Y-%m-%d')}"
-            f" ({platform.machine()}, 2 cores shared with other work: wall figures are"
-            " pessimistic; CPU figures count this process and its analysis worker). Each folder"
+            f" ({platform.machine()}, 2 cores, quiet machine; CPU figures count this process and"
+            " its analysis workers). Each folder"
             " is scanned in dry-run mode from a fresh state directory, once with no candidate"
             " verified and once as shipped; the first file warms up and is not counted.",
             "",

@@ -15,6 +15,7 @@ Usage: python bench/accuracy/run.py [--seed 7] [--subset 60] [--skip-baselines c
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import subprocess
@@ -73,13 +74,14 @@ def report(
     timings: dict[str, float],
     seed: int,
     dupwatch_error: str,
+    load: float,
 ) -> str:
     lines = [
         SECTION,
         "",
         f"Run by `python bench/accuracy/run.py --seed {seed}` on {platform.machine()},"
-        f" Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}; 2 cores shared"
-        " with other work (timings are from a loaded machine).",
+        f" Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}; 2 cores, load"
+        f" average {load:.1f} at the start (other work on the machine slows the timings).",
         "",
         f"Set: {counts['originals']} original photographs, {counts['hardneg']} hard-negative"
         f" photos in {counts['groups']} groups, {counts['copies']} copies"
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-baselines", nargs="*", default=[], help="baseline names to skip")
     parser.add_argument("--no-dupwatch", action="store_true", help="score the baselines only")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
 
     if not (CACHE / "originals").is_dir() or not (CACHE / "hardneg").is_dir():
         fetch_originals.main([])
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "transforms": len({lab.transform for lab in labels_again}) - 2,
     }
     plot(scores, PLOT)
-    body = report(scores, counts, timings, args.seed, error)
+    body = report(scores, counts, timings, args.seed, error, load)
     print(body)
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     RESULTS.write_text(replace_section(old, body))
