@@ -9,6 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from dupwatch import reconcile as reconcile_module
+from dupwatch import roots as roots_module
 from dupwatch.filters import PathFilter, root_of
 from dupwatch.reconcile import LastWalk, WalkStats, is_changed, reconcile, walk_files
 from dupwatch.records import StatKey
@@ -257,3 +258,18 @@ def test_sentinel_pauses_a_root_on_another_device(tmp_path: Path) -> None:
     # Stand-in for a remount: the device first seen healthy differs from the current one.
     sentinel._device = tmp_path.stat().st_dev + 1
     assert sentinel.check() == "device_changed"
+
+
+def test_a_root_renamed_away_while_it_is_checked_is_missing_not_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "share"
+    root.mkdir()
+    sentinel = RootSentinel(root)
+
+    def renamed_away_meanwhile(path: Path) -> bool:
+        path.rename(tmp_path / "share-away")  # after the stat, before the listing
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr(roots_module, "_has_entries", renamed_away_meanwhile)
+    assert sentinel.check() == "missing"

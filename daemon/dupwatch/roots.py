@@ -149,6 +149,8 @@ class RootSentinel:
             return "not_a_directory"
         try:
             has_entries = _has_entries(self.root)
+        except FileNotFoundError:  # renamed away or unmounted between the two calls
+            return "missing"
         except OSError:
             return "unreadable"
         # An empty root that never held anything is a new library, not an unmounted share.
