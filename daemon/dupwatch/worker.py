@@ -172,12 +172,11 @@ def _verify_known(
     # is cheaper and surer than finding it within its frame by features. Whether there is a
     # frame was found when the new file was fingerprinted.
     inner = photo_inside(pixels) if framed else None
-    if sketch is not None:
-        as_itself = None if inner is None else screen(inner, sketch)
-        if inner is None or as_itself is not None:
-            screened = screen(pixels, sketch)
-            if screened is not None:
-                return Verified(screened, None)
+    # Turned down from the sketch only if both comparisons below would turn it down.
+    if sketch is not None and (inner is None or screen(inner, sketch) is not None):
+        screened = screen(pixels, sketch)
+        if screened is not None:
+            return Verified(screened, None)
     known_pixels, meta = _decode_known(path, decode)
     if inner is not None:
         verified = verify(inner, known_pixels)
@@ -192,9 +191,9 @@ def _verify_known(
     count = VerifyThresholds().orb_features
     known_sketch = None
     if sketch is None or sketch.mirrored_features is None:
-        known_sketch = Sketch.of(known_pixels, orb_count=count)
-        if sketch is not None and known_sketch.mirrored_features is None:
-            known_sketch = None  # nothing new
+        made = Sketch.of(known_pixels, orb_count=count)
+        if sketch is None or made.mirrored_features is not None:
+            known_sketch = made
     return Verified(
         verified,
         meta,
