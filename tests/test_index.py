@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dupwatch.buffer import Buffer
-from dupwatch.index import IndexSettings, VectorIndex
+from dupwatch.index import IndexSettings, VectorIndex, cosine
 from dupwatch.records import FileStatus, StatKey
 from dupwatch.snapshot import Projection, list_snapshots
 from dupwatch.store import Store
@@ -265,24 +265,24 @@ def test_a_large_buffer_scores_only_rows_near_the_query_in_the_projection() -> N
     rng = np.random.default_rng(7)
     vectors = _clustered(rng, 3000)
     projection = Projection.fit(vectors[:1000], 24)
-    buffer = Buffer(DIM, projection)
+    buffer = Buffer(DIM, projection, exact_up_to=500)
     for file_id, vector in enumerate(vectors):
         buffer.append(file_id, vector)
     for file_id in range(0, 3000, 3):
         buffer.discard(file_id)
     for file_id in [i for i in range(1, 3000, 97) if i % 3]:
         query = _copy(rng, vectors[file_id], 0.9)
-        rows = buffer.rows_to_score(query, exact_up_to=500, shortlist=40)
+        rows = buffer.rows_to_score(query, shortlist=40)
         assert len(rows) == 40
         assert file_id in buffer.file_ids[rows]
         assert buffer.live[rows].all()  # discarded rows are never offered
-    # Below the limit, or before any projection exists, every live row is scored.
-    everything = buffer.rows_to_score(vectors[1], exact_up_to=3000, shortlist=40)
+    # Within the shortlist, or before any projection exists, every live row is scored.
+    everything = buffer.rows_to_score(vectors[1], shortlist=3000)
     assert len(everything) == 2000
-    plain = Buffer(DIM)
+    plain = Buffer(DIM, exact_up_to=10)
     for file_id, vector in enumerate(vectors[:600]):
         plain.append(file_id, vector)
-    assert len(plain.rows_to_score(vectors[1], exact_up_to=10, shortlist=40)) == 600
+    assert len(plain.rows_to_score(vectors[1], shortlist=40)) == 600
 
 
 def test_small_library_is_searched_exactly_from_the_buffer(
@@ -291,15 +291,38 @@ def test_small_library_is_searched_exactly_from_the_buffer(
     index = _open(library, tmp_path)
     try:
         assert index.search(np.ones(DIM, dtype=np.float32), 5) == []
-        ids = library.put(_clustered(library.rng, 300))
+        ids = library.put(_clustered(library.rng, SETTINGS.buffer_exact))
         for file_id in ids:
             index.add(file_id, library.live[file_id])
-        assert index.stats().snapshot_items == 0
+        stats = index.stats()
+        assert (stats.snapshot_items, stats.rebuilding) == (0, False)
         library.check_near_duplicates(index, ids[:30])
         with pytest.raises(ValueError, match="dimensions"):
             index.search(np.ones(DIM + 1, dtype=np.float32), 5)
         with pytest.raises(ValueError, match="zero"):
             index.add(1, np.zeros(DIM, dtype=np.float32))
+    finally:
+        index.close()
+
+
+def test_a_library_without_a_snapshot_gets_one_once_its_buffer_is_too_large_to_scan(
+    library: Library, tmp_path: Path
+) -> None:
+    index = _open(library, tmp_path)
+    try:
+        ids = library.put(_clustered(library.rng, SETTINGS.buffer_exact + 50))
+        for file_id in ids[: SETTINGS.buffer_exact]:
+            index.add(file_id, library.live[file_id])
+        assert not index.rebuild_due()
+        index.add(ids[SETTINGS.buffer_exact], library.live[ids[SETTINGS.buffer_exact]])
+        assert index.rebuild_due()  # far below rebuild_buffer_size
+        for file_id in ids[SETTINGS.buffer_exact + 1 :]:
+            index.add(file_id, library.live[file_id])
+        assert index.wait_for_rebuild(timeout=120)
+        assert index.last_error is None
+        # Every vector was stored before the build began, so the snapshot holds them all.
+        assert index.stats().snapshot_items == len(ids)
+        library.check_near_duplicates(index, ids[:10] + ids[-10:])
     finally:
         index.close()
 
@@ -315,3 +338,53 @@ def test_a_snapshot_of_another_model_is_not_used(library: Library, tmp_path: Pat
         assert other.stats().buffer_items == 0
     finally:
         other.close()
+
+
+def _brute_force(store: Store, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The ``k`` most similar files by the vectors the store holds, scanned one by one."""
+    stored = store.load_vectors(MODEL)
+    unit = np.asarray(query / np.linalg.norm(query), dtype=np.float32)
+    sims = cosine(stored.vectors, unit)
+    order = sorted(range(len(stored)), key=lambda i: (-float(sims[i]), int(stored.file_ids[i])))
+    return [(int(stored.file_ids[i]), float(sims[i])) for i in order[:k]]
+
+
+def test_buffer_results_are_those_of_a_brute_force_search_over_the_stored_vectors(
+    library: Library, tmp_path: Path
+) -> None:
+    index = _open(library, tmp_path)
+    try:
+        # A small buffer without a snapshot: scanned in full, from the rows it holds.
+        first = library.put(_clustered(library.rng, SETTINGS.buffer_exact))
+        for file_id in first:
+            index.add(file_id, library.live[file_id])
+        queries = [_copy(library.rng, library.live[i], s) for i in first[:12] for s in (0.9, 0.99)]
+        queries += list(_clustered(library.rng, 8))  # and unrelated photos
+        for query in queries:
+            hits = [(h.file_id, h.similarity) for h in index.search(query, 10)]
+            expected = _brute_force(library.store, query, 10)
+            assert [i for i, _ in hits] == [i for i, _ in expected]
+            assert [s for _, s in hits] == pytest.approx([s for _, s in expected], abs=1e-6)
+
+        # A snapshot, then a buffer too large to scan in full: shortlisted in the projection,
+        # its rows' vectors read back from the store.
+        index.add(first[0], library.live[first[0]])  # past buffer_exact: the first snapshot
+        assert index.wait_for_rebuild(timeout=120)
+        assert index.last_error is None
+        recent = library.put(_clustered(library.rng, 3 * SETTINGS.buffer_exact))
+        for file_id in recent:
+            index.add(file_id, library.live[file_id])
+        assert index.stats().buffer_items > SETTINGS.buffer_exact
+        stored = library.store.load_vectors(MODEL)
+        by_id = dict(zip(stored.file_ids.tolist(), stored.vectors, strict=True))
+        for file_id in recent[::15]:
+            for similarity in (0.9, 0.95, 0.99):
+                query = _copy(library.rng, library.live[file_id], similarity)
+                hits = index.search(query, 10)
+                [(best_id, best_sim)] = _brute_force(library.store, query, 1)
+                assert (hits[0].file_id, hits[0].similarity) == (best_id, pytest.approx(best_sim))
+                for hit in hits:  # each similarity is that of the stored vector
+                    own = float(cosine(by_id[hit.file_id][None, :], query)[0])
+                    assert hit.similarity == pytest.approx(own, abs=1e-6)
+    finally:
+        index.close()

@@ -4,6 +4,15 @@ A small buffer is searched exactly. A large one (a big library rebuilds only eve
 thousand new vectors, and a rebuild takes minutes) would cost a full 1280-d scan per query, so
 once the snapshot's projection is known each row is also kept projected, and a query scores
 exactly only the rows nearest it in the projection: a 64-d scan reads 20 times fewer bytes.
+
+The full vectors stay in the buffer only while it is scanned in full (at most ``exact_up_to``
+rows, or no projection yet). Past that the buffer keeps ids and projected rows (about 270
+bytes a row, not 5 KB), and the index reads the few rows it scores from the store, as it does
+for the snapshot's candidates. Holding every full vector cost the daemon 5 MB per 1,000 new
+files until each rebuild (25 MB at the default rebuild size), which counted as memory growth.
+
+Full vectors are held as the store holds them (float16, the bytes ``put_vector`` wrote), so a
+similarity is the same whether its row is scored from memory or from the store.
 """
 
 from __future__ import annotations
@@ -15,14 +24,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dupwatch.snapshot import Projection
+from dupwatch.store.records import VECTOR_DTYPE
 
 
 def _grown(array: NDArray[Any], rows: int) -> NDArray[Any]:
     """``array`` with room for ``rows`` rows, the new ones unwritten.
 
     Pages of np.empty are taken only when rows are written there, so memory follows the rows
-    in use; np.resize fills the whole new capacity at once (a 1280-d buffer doubling from
-    4,096 rows took 40 MiB more at one stroke).
+    in use; np.resize fills the whole new capacity at once.
     """
     out = np.empty((rows, *array.shape[1:]), dtype=array.dtype)
     out[: len(array)] = array
@@ -30,13 +39,21 @@ def _grown(array: NDArray[Any], rows: int) -> NDArray[Any]:
 
 
 class Buffer:
-    """Recent vectors in a growable matrix; superseded and removed rows are masked, not moved."""
+    """Recent vectors in growable arrays; superseded and removed rows are masked, not moved.
 
-    def __init__(self, dim: int, projection: Projection | None = None) -> None:
+    ``exact_up_to``: with a projection, a buffer of at most this many rows is scanned in full
+    from the full vectors it holds; a larger one is shortlisted in the projection and holds
+    none. Without a projection every row is scanned, so every full vector is held.
+    """
+
+    def __init__(
+        self, dim: int, projection: Projection | None = None, *, exact_up_to: int = 1024
+    ) -> None:
         self.dim = dim
         self.projection = projection
+        self.exact_up_to = exact_up_to
         pdim = 0 if projection is None else projection.dim
-        self.vectors = np.empty((0, dim), dtype=np.float32)
+        self.full: NDArray[np.float16] | None = np.empty((0, dim), dtype=VECTOR_DTYPE)
         self.projected = np.empty((0, pdim), dtype=np.float32)
         self.sq_norms = np.empty(0, dtype=np.float32)  # of the projected rows
         self.file_ids = np.empty(0, dtype=np.int64)
@@ -46,17 +63,23 @@ class Buffer:
         self.oldest: float | None = None
 
     def append(self, file_id: int, vector: NDArray[np.float32]) -> None:
-        if self.n == self.vectors.shape[0]:
+        """Add the vector ``file_id`` has in the store (not a normalised copy of it)."""
+        half = np.asarray(vector).astype(VECTOR_DTYPE)  # exactly what the store holds
+        if self.full is not None and self.projection is not None and self.n >= self.exact_up_to:
+            self.full = None  # scanned in the projection from now on: rows come from the store
+        if self.n == self.file_ids.shape[0]:
             cap = max(1024, self.n * 2)
-            self.vectors = _grown(self.vectors, cap)
+            if self.full is not None:
+                self.full = _grown(self.full, cap)
             self.projected = _grown(self.projected, cap)
             self.sq_norms = _grown(self.sq_norms, cap)
             self.file_ids = _grown(self.file_ids, cap)
             self.live = _grown(self.live, cap)
         self.discard(file_id)
-        self.vectors[self.n] = vector
+        if self.full is not None:
+            self.full[self.n] = half
         if self.projection is not None:
-            row = self.projection.apply(np.asarray(vector, dtype=np.float32)[None, :])[0]
+            row = self.projection.apply(half.astype(np.float32)[None, :])[0]
             self.projected[self.n] = row
             self.sq_norms[self.n] = row @ row
         self.file_ids[self.n] = file_id
@@ -74,16 +97,14 @@ class Buffer:
     def __len__(self) -> int:
         return len(self.row_of)
 
-    def rows_to_score(
-        self, query: NDArray[np.float32], *, exact_up_to: int, shortlist: int
-    ) -> NDArray[np.int64]:
+    def rows_to_score(self, query: NDArray[np.float32], *, shortlist: int) -> NDArray[np.int64]:
         """Live rows to score exactly against ``query`` (a unit vector).
 
         All of them while there are at most ``exact_up_to`` rows or no projection; otherwise
         the ``shortlist`` rows nearest the query in the projection.
         """
         n = self.n
-        if self.projection is None or n <= max(exact_up_to, shortlist):
+        if self.projection is None or n <= max(self.exact_up_to, shortlist):
             return np.asarray(np.flatnonzero(self.live[:n]), dtype=np.int64)
         pq = self.projection.apply(query[None, :])[0]
         # |p - q|^2 without the query's own term, which is the same for every row.
@@ -92,12 +113,31 @@ class Buffer:
         rows = np.argpartition(distances, shortlist - 1)[:shortlist]
         return np.asarray(rows[np.isfinite(distances[rows])], dtype=np.int64)
 
-    def after(self, start: int, projection: Projection | None) -> Buffer:
-        """A new buffer holding the live rows from ``start`` on, kept in ``projection``."""
-        rest = Buffer(self.dim, projection)
-        for row in range(start, self.n):
-            if self.live[row]:
-                rest.append(int(self.file_ids[row]), self.vectors[row])
+    def held(self, rows: NDArray[np.int64]) -> NDArray[np.float32] | None:
+        """The full vectors of ``rows`` (float32), or None when the store must supply them."""
+        if self.full is None:
+            return None
+        return np.asarray(self.full[rows], dtype=np.float32)
+
+    def live_ids(self, start: int = 0) -> NDArray[np.int64]:
+        """Ids of the live rows from ``start`` on, in the order they were added."""
+        rows = start + np.flatnonzero(self.live[start : self.n])
+        return np.asarray(self.file_ids[rows], dtype=np.int64)
+
+    def refilled(
+        self,
+        projection: Projection | None,
+        file_ids: NDArray[np.int64],
+        vectors: NDArray[np.float32],
+    ) -> Buffer:
+        """A new buffer of the same kind holding ``vectors``, kept in ``projection``.
+
+        For the rows a rebuild left out (``live_ids(start)`` and their vectors from the store);
+        the new buffer counts its age from this one's oldest row.
+        """
+        rest = Buffer(self.dim, projection, exact_up_to=self.exact_up_to)
+        for file_id, vector in zip(file_ids.tolist(), vectors, strict=True):
+            rest.append(file_id, vector)
         if len(rest):
             rest.oldest = self.oldest
         return rest

@@ -3,7 +3,8 @@
 The store is the source of truth; everything here is a cache that can be rebuilt from it. A
 search asks the Annoy snapshot (trees over a PCA projection of the vectors; see snapshot.py)
 for candidates in its projected space, re-ranks them with their full vectors from the store,
-adds exact matches from the buffer (vectors added since the snapshot), and leaves out
+adds exact matches from the buffer (vectors added since the snapshot; see buffer.py for
+which of their full vectors it holds and which it reads from the store), and leaves out
 tombstoned files (gone, quarantined or replaced since the snapshot). When the buffer grows past
 a size or age threshold, a background thread has a child process build a new snapshot
 (rebuild.py) and swaps it in; searches keep using the old one until then, and adding never
@@ -53,7 +54,9 @@ class IndexSettings:
     expand_search_k: int = 5000  # ...each inspecting this many items...
     expand_shortlist: int = 50  # ...and adding this many neighbours to the shortlist...
     candidates: int = 24  # ...of which these are re-scored with their full vectors
-    buffer_exact: int = 1024  # a buffer up to this size is scanned in full...
+    # Past buffer_exact rows, a library without a snapshot gets its first one: only a snapshot
+    # gives the buffer a projection to shortlist in (see buffer.py).
+    buffer_exact: int = 1024  # a buffer up to this size is scanned in full, from rows it holds...
     buffer_shortlist: int = 128  # ...a larger one scores only its rows nearest in the projection
     pca_sample: int = 20_000  # vectors the projection is fitted on
     rebuild_buffer_size: int = 5000  # rebuild when the buffer holds this many vectors...
@@ -95,7 +98,7 @@ class VectorIndex:
         self.settings = settings
         self._lock = threading.RLock()
         self._snapshot: Snapshot | None = None
-        self._buffer = Buffer(dim)
+        self._buffer = Buffer(dim, exact_up_to=settings.buffer_exact)
         self._tombstones: set[int] = set()
         self._builder: threading.Thread | None = None
         self._failed_at: float | None = None
@@ -134,7 +137,9 @@ class VectorIndex:
             after = snapshot.upto_seq
             present = store.indexed_file_ids(model_id)
             index._tombstones = set(np.setdiff1d(snapshot.file_ids, present).tolist())
-            index._buffer = Buffer(dim, snapshot.projection)
+            index._buffer = Buffer(
+                dim, snapshot.projection, exact_up_to=index.settings.buffer_exact
+            )
         refill = store.load_vectors(model_id, after_seq=after)
         for file_id, vector in zip(refill.file_ids.tolist(), refill.vectors, strict=True):
             index._buffer.append(file_id, vector)
@@ -175,14 +180,14 @@ class VectorIndex:
             n = buffer.n
             found: dict[int, float] = {}
             if n:
-                rows = buffer.rows_to_score(
-                    query,
-                    exact_up_to=self.settings.buffer_exact,
-                    shortlist=max(self.settings.buffer_shortlist, k),
-                )
-                sims = cosine(buffer.vectors[rows], query)
+                rows = buffer.rows_to_score(query, shortlist=max(self.settings.buffer_shortlist, k))
+                ids, vectors = buffer.file_ids[rows], buffer.held(rows)
+                if vectors is None:
+                    batch = self._store.vectors_for(ids.tolist(), self._model_id)
+                    ids, vectors = batch.file_ids, batch.vectors
+                sims = cosine(vectors, query)
                 for i in np.argsort(-sims)[:k]:
-                    found[int(buffer.file_ids[rows[i]])] = float(sims[i])
+                    found[int(ids[i])] = float(sims[i])
             if snapshot is not None and len(snapshot):
                 wanted = max(self.settings.candidates, k)
                 candidates = [
@@ -207,11 +212,15 @@ class VectorIndex:
     # --- changes ------------------------------------------------------------------------------
 
     def add(self, file_id: int, vector: NDArray[np.float32]) -> None:
-        """Make a (new or replaced) vector searchable at once; may start a background rebuild."""
-        unit = _unit(vector, self._dim)
+        """Make a (new or replaced) vector searchable at once; may start a background rebuild.
+
+        ``vector`` is the one just stored for ``file_id``: it is scored as stored (float16),
+        like the snapshot's candidates, and a large buffer reads it back from the store.
+        """
+        _unit(vector, self._dim)  # refuses a wrong size, zeros and NaN
         with self._lock:
             self._tombstones.discard(file_id)
-            self._buffer.append(file_id, unit)
+            self._buffer.append(file_id, np.asarray(vector, dtype=np.float32).reshape(-1))
         self.maybe_rebuild()
 
     def remove(self, file_id: int) -> None:
@@ -228,6 +237,10 @@ class VectorIndex:
             size = len(self._buffer)
             if size == 0:
                 return False
+            if self._snapshot is None and size > self.settings.buffer_exact:
+                # Only a snapshot gives the buffer a projection; until then it is scanned in
+                # full and holds every full vector. A first snapshot takes seconds to build.
+                return True
             snapshot_size = 0 if self._snapshot is None else len(self._snapshot)
             threshold = max(
                 self.settings.rebuild_buffer_size,
@@ -309,10 +322,20 @@ class VectorIndex:
         snapshot = Snapshot.load(files)
         with self._lock:
             self._snapshot = snapshot
-            self._buffer = self._buffer.after(covered, snapshot.projection)
+            # The rows added during the build, projected anew: their vectors from the store,
+            # since a large buffer no longer holds them.
+            rest = self._store.vectors_for(self._buffer.live_ids(covered).tolist(), self._model_id)
+            self._buffer = self._buffer.refilled(snapshot.projection, rest.file_ids, rest.vectors)
             if self._tombstones:
                 dead = np.fromiter(self._tombstones, dtype=np.int64)
                 self._tombstones = set(dead[snapshot.contains(dead)].tolist())
+            # The build logs snapshot_built in its own process; this is the daemon's side.
+            log.info(
+                "snapshot_loaded",
+                items=len(snapshot),
+                upto_seq=snapshot.upto_seq,
+                buffer_items=len(self._buffer),
+            )
         # Older snapshots (the one just replaced, or unreadable ones skipped at open) are of no
         # more use; searches still holding the replaced one keep their mapping.
         for stale in list_snapshots(self._directory):
