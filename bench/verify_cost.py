@@ -2,7 +2,8 @@
 
 Each folder is scanned in-process through the real pipeline (read, sha256, decode, embed,
 search, verify, decide, record) with a fresh state directory, once as shipped and once with
-no candidate verified (``MAX_VERIFIED_CANDIDATES = 0``; the rest of the flow is unchanged).
+no candidate verified (``MAX_VERIFIED_CANDIDATES = 0``) and no glance made (glances are
+verification's first step, made for every file; the rest of the flow is unchanged).
 Reports images/s in wall time and per CPU-second (this process plus its analysis worker), and
 how many verifications ran. Run it on a quiet machine for figures that mean something.
 
@@ -12,6 +13,7 @@ Usage: python bench/verify_cost.py FOLDER... [--limit N]
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import resource
@@ -29,12 +31,13 @@ limit_math_threads(1)
 
 import structlog  # noqa: E402
 
-from dupwatch import candidates  # noqa: E402
+from dupwatch import candidates, runtime  # noqa: E402
 from dupwatch.config import Config  # noqa: E402
 from dupwatch.filters import PathFilter  # noqa: E402
 from dupwatch.logs import configure_logging  # noqa: E402
 from dupwatch.reconcile import walk_files  # noqa: E402
 from dupwatch.runtime import open_services  # noqa: E402
+from dupwatch.worker import WorkerSettings  # noqa: E402
 
 
 def _cpu() -> float:
@@ -56,6 +59,7 @@ def scan(folder: Path, files: list[Path], verify: bool) -> dict[str, float]:
     """Scan ``files`` once (the first one warms up and is not counted)."""
     saved = candidates.MAX_VERIFIED_CANDIDATES
     candidates.MAX_VERIFIED_CANDIDATES = saved if verify else 0
+    runtime.WorkerSettings = functools.partial(WorkerSettings, glances=verify)  # type: ignore[attr-defined,assignment]
     verified = 0
 
     def count(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
@@ -79,6 +83,7 @@ def scan(folder: Path, files: list[Path], verify: bool) -> dict[str, float]:
             services.close()
     finally:
         candidates.MAX_VERIFIED_CANDIDATES = saved
+        runtime.WorkerSettings = WorkerSettings  # type: ignore[attr-defined]
         configure_logging("warning", "console", stream=sys.stderr)
     n = len(files) - 1
     return {"files": n, "wall": wall, "cpu": cpu, "verified": verified}

@@ -100,12 +100,23 @@ def _check_0003(store: Store) -> None:
     assert store.journal_entries([JournalState.PURGED]) == [entry]
 
 
+def _seed_0004(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO glances (file_id, data) VALUES (10, ?)", (b"\x01glance",))
+
+
+def _check_0004(store: Store) -> None:
+    assert store.glance(10) == b"\x01glance"
+    store.put_glance(10, b"\x01again")
+    assert store.glance(10) == b"\x01again"
+
+
 # Every shipped migration gets a seeder (rows written with that version's schema) and a check
 # (those rows still read back through the API once migrated to the newest version).
 SEEDS: dict[str, tuple[Callable[[sqlite3.Connection], None], Callable[[Store], None]]] = {
     "0001_quarantine_journal": (_seed_0001, _check_0001),
     "0002_files_vectors_decisions": (_seed_0002, _check_0002),
     "0003_journal_purged_state": (_seed_0003, _check_0003),
+    "0004_glances": (_seed_0004, _check_0004),
 }
 
 

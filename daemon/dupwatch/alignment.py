@@ -180,11 +180,6 @@ def _feature_key(image: Image, count: int) -> tuple[bytes, tuple[int, ...], int]
     return digest, image.shape, count
 
 
-def remembered_features(image: Image, *, count: int) -> Features | None:
-    """The features ``orb_features`` last detected on ``image``, or None: never detects."""
-    return _FEATURE_CACHE.get(_feature_key(image, count))
-
-
 def orb_features(image: Image, *, count: int) -> Features:
     """ORB features of ``image``; remembered by content, since detection costs ~15 ms."""
     key = _feature_key(image, count)

@@ -2,13 +2,16 @@
 
 Byte copies are found by SHA-256. Everything else is proposed by the embedding (of the whole
 image and of a photo inside a frame) and by near perceptual hashes under the eight symmetries,
-then the closest few are verified on the analysis workers. Nothing here writes to the store.
+then the closest few are verified: first from the glances of both files (glance.py), which
+turn most look-alikes down at once, the rest on the analysis workers. Nothing here writes to
+the store.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +21,15 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
+from dupwatch.alignment import Features
 from dupwatch.config import Config
 from dupwatch.errors import FileRejected
+from dupwatch.glance import Glance, turned_down
 from dupwatch.hashindex import HashIndex
 from dupwatch.images import FileBytes, PhotoMeta
 from dupwatch.index import VectorIndex
 from dupwatch.policy import PhotoFacts, camera_times_differ
 from dupwatch.records import FileStatus, StatKey
-from dupwatch.sketch import SketchCache
 from dupwatch.store import Store
 from dupwatch.store.records import FileRecord
 from dupwatch.worker import Fingerprint, Verified
@@ -43,9 +47,6 @@ HASH_CANDIDATE_DISTANCE = 10
 HASH_VERIFY_DISTANCE = 4
 # Verification costs a decode of the known file; the closest few candidates are enough.
 MAX_VERIFIED_CANDIDATES = 3
-# Sketches of recently verified files kept (about 45 KB each): a burst or an album arriving
-# together keeps being compared with the same few look-alikes.
-SKETCH_CACHE_SIZE = 512
 # Byte copies looked at before all of them are read.
 _FIRST_COPIES = 8
 
@@ -61,6 +62,8 @@ class Pair:
     verified: bool = False
     verification: dict[str, Any] | None = None
     meta: PhotoMeta | None = None
+    # The known file's glance made while verifying it, when the store had none to give.
+    new_known_glance: Glance | None = None
 
 
 def orient(pixels: NDArray[np.uint8], variant: int) -> NDArray[np.uint8]:
@@ -122,6 +125,22 @@ def present(record: FileRecord) -> bool:
     return record.stat.same_content_version(now)
 
 
+class _Mirrored:
+    """The new image's mirrored glance features, made the first time a pair asks for them."""
+
+    def __init__(self, fingerprint: Fingerprint) -> None:
+        self._fingerprint = fingerprint
+        self._features: Features | None = None
+
+    def __call__(self) -> Features:
+        if self._features is None:
+            glance = self._fingerprint.glance
+            if glance is None:
+                raise ValueError("a fingerprint without a glance has no mirrored features")
+            self._features = glance.mirrored_features(self._fingerprint.pixels)
+        return self._features
+
+
 class CandidateSearch:
     """Finds and verifies the candidates of one file against the library."""
 
@@ -141,8 +160,6 @@ class CandidateSearch:
         self._hashes = hashes
         self._worker = worker
         self._model_id = model_id
-        # Look-alikes turned down before are turned down again without decoding them.
-        self._sketches = SketchCache(SKETCH_CACHE_SIZE)
 
     def exact_matches(
         self, file: FileBytes, known: FileRecord | None
@@ -271,20 +288,11 @@ class CandidateSearch:
         # Verified side by side when there are several workers, but taken in order: the
         # outcome is the same as one at a time, and what is not needed yet is dropped.
         chosen = worth_it[:MAX_VERIFIED_CANDIDATES]
-        sketch_new = file.sha256 not in self._sketches
-        pending = [
-            self._worker.verify_later(
-                fingerprint.pixels,
-                p.record.path,
-                framed=fingerprint.framed_vector is not None,
-                sketch=self._sketches.get(p.record.sha256),
-                sketch_new=sketch_new and rank == 0,  # one is enough
-            )
-            for rank, p in enumerate(chosen)
-        ]
+        mirrored = _Mirrored(fingerprint)
+        pending = [self._verify_later(fingerprint, p, mirrored) for p in chosen]
         try:
             for pair, verification in zip(chosen, pending, strict=True):
-                self._take_verification(pair, verification, file.sha256)
+                self._take_verification(pair, verification)
                 # One confirmed original is enough; a vetoed one (a burst neighbour) is not.
                 if pair.verified and not camera_times_differ(
                     new_facts, facts_of(pair.record, pair.meta)
@@ -292,7 +300,8 @@ class CandidateSearch:
                     break
         finally:
             for verification in pending:
-                verification.cancel()
+                if isinstance(verification, Future):
+                    verification.cancel()
         self._log_candidates(file.path, usable)
         return usable
 
@@ -336,9 +345,32 @@ class CandidateSearch:
             vector = oriented[variant]
         return float(np.dot(vector, stored) / max(float(np.linalg.norm(stored)), 1e-12))
 
-    def _take_verification(self, pair: Pair, pending: Future[Verified], sha256: str) -> None:
+    def _verify_later(
+        self, fingerprint: Fingerprint, pair: Pair, mirrored: Callable[[], Features]
+    ) -> Future[Verified] | Verified:
+        """The verification of ``pair``: settled at once when the glances of both files turn
+        it down, else started on an analysis worker."""
+        known: Glance | None = None
+        if fingerprint.glance is not None:
+            stored = self._store.glance(pair.record.id)
+            known = None if stored is None else Glance.decode(stored)
+            if known is not None:
+                verdict = turned_down(fingerprint.glance, known, mirrored)
+                if verdict is not None:
+                    return Verified(verdict, None)
+        return self._worker.verify_later(
+            fingerprint.pixels,
+            pair.record.path,
+            framed=fingerprint.framed_vector is not None,
+            # A file indexed before glances were kept, or with one of an older format, gets
+            # one now: its pixels are being decoded anyway.
+            glance_known=fingerprint.glance is not None and known is None,
+        )
+
+    @staticmethod
+    def _take_verification(pair: Pair, pending: Future[Verified] | Verified) -> None:
         try:
-            verified = pending.result()
+            verified = pending.result() if isinstance(pending, Future) else pending
         except FileRejected as exc:
             # The known file cannot be read now: no verification, so no automatic action.
             pair.verification = {"same": False, "reason": f"known_file_{exc.reason}"}
@@ -346,5 +378,4 @@ class CandidateSearch:
         pair.verified = bool(verified.verification.same)
         pair.verification = dataclasses.asdict(verified.verification)
         pair.meta = verified.meta
-        self._sketches.put(pair.record.sha256, verified.known_sketch)
-        self._sketches.put(sha256, verified.new_sketch)
+        pair.new_known_glance = verified.known_glance

@@ -298,6 +298,7 @@ class Pipeline:
             )
             if vector is not None:
                 self._store.put_vector(record.id, self._model_id, vector)
+            self._keep_glances(record.id, assessment)
             self._store.record_decision(
                 record.id,
                 tier=decision.tier,
@@ -312,6 +313,23 @@ class Pipeline:
         if vector is not None:
             self._remember(record, vector)
         return record
+
+    def _keep_glances(self, file_id: int, assessment: _Assessment) -> None:
+        """The file's glance (a byte copy shares its twin's), and those made of known files
+        while verifying it; a file without one loses any glance of its old content."""
+        fingerprint, same_bytes = assessment.fingerprint, assessment.same_bytes
+        glance = None
+        if fingerprint is not None and fingerprint.glance is not None:
+            glance = fingerprint.glance.encode()
+        elif fingerprint is None and same_bytes is not None:
+            glance = self._store.glance(same_bytes.id)
+        if glance is None:
+            self._store.drop_glance(file_id)
+        else:
+            self._store.put_glance(file_id, glance)
+        for pair in assessment.pairs:
+            if pair.new_known_glance is not None:
+                self._store.put_glance(pair.record.id, pair.new_known_glance.encode())
 
     def _remember(self, record: FileRecord, vector: NDArray[np.float32]) -> None:
         self._index.add(record.id, vector)

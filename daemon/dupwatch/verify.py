@@ -31,11 +31,7 @@ from dupwatch.agreement import (
     Agreement,
     AgreementParams,
     BlockStats,
-    Box,
-    content_box,
     measure_agreement,
-    no_overlap,
-    overlap,
     summarise,
 )
 from dupwatch.alignment import (
@@ -49,7 +45,6 @@ from dupwatch.alignment import (
     thumbnail,
     thumbs_look_mirrored,
 )
-from dupwatch.sketch import Sketch
 
 Image = NDArray[np.uint8]
 
@@ -272,44 +267,6 @@ def verify(a: Image, b: Image, thresholds: VerifyThresholds = VerifyThresholds()
     _check(b, "b")
     candidates = measure(a, b, thresholds)
     return summarise_candidates(candidates, thresholds)
-
-
-def screen(
-    a: Image, b: Sketch, thresholds: VerifyThresholds = VerifyThresholds()
-) -> Verification | None:
-    """``verify(a, b)`` when the photo sketched by ``b`` need not be looked at, else None.
-
-    It need not be for a look-alike turned down by geometry alone: no whole-frame variant is
-    close, and its features (mirrored too, if the pair looks mirrored) either do not align
-    or align on too small a share of either picture. The answer is then exactly what
-    ``verify`` would give, following ``measure`` step by step; anything else (an alignment to
-    compare pixel by pixel, mirrored features the sketch lacks) returns None.
-    """
-    _check(a, "a")
-    thumb_a = thumbnail(a)
-    if _whole_frame(thumb_a, a.shape, b.thumb, b.size, thresholds):
-        return None
-    features_a = orb_features(a, count=thresholds.orb_features)
-    box_a = content_box(a)
-    sides: list[tuple[bool, Features | None, Box]] = [(False, b.features, b.box)]
-    if thumbs_look_mirrored(thumb_a, b.thumb):
-        sides.append((True, b.mirrored_features, b.mirrored_box()))
-    tried: list[Candidate] = []
-    for mirrored, features_b, box_b in sides:
-        if features_b is None:
-            return None
-        found = _by_features(features_a, features_b, mirrored, thresholds)
-        if found is None:
-            continue
-        if found.angle_error > thresholds.max_angle_error:
-            return None
-        shares = overlap(box_a, box_b, found.matrix)
-        overlap_a, overlap_b = (0.0, 0.0) if shares is None else shares[1:]
-        if max(overlap_a, overlap_b) >= thresholds.min_containment:
-            return None
-        tried.append(Candidate(found, no_overlap(overlap_a, overlap_b), None))
-        break  # as in ``measure``: aligned as they are, a mirror is not tried
-    return summarise_candidates(tried, thresholds)
 
 
 def summarise_candidates(candidates: list[Candidate], thresholds: VerifyThresholds) -> Verification:

@@ -25,9 +25,9 @@ from numpy.typing import NDArray
 from dupwatch import errors
 from dupwatch.config import DecodeConfig, LogConfig, ModelConfig
 from dupwatch.errors import DecoderCrashed, DecoderTimeout, FileRejected, ModelError
+from dupwatch.glance import Glance
 from dupwatch.images import DecodedImage, FileBytes, PhotoMeta
 from dupwatch.maththreads import limit_math_threads
-from dupwatch.sketch import Sketch
 from dupwatch.verify import Verification
 
 log = structlog.get_logger(__name__)
@@ -51,6 +51,7 @@ class Fingerprint:
     pixels: NDArray[np.uint8]  # RGB at working size, kept for verification
     # The vector of the photo inside a frame (framing.photo_inside), when there is one.
     framed_vector: NDArray[np.float32] | None = None
+    glance: Glance | None = None  # None when verification is off (see WorkerSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,8 @@ class WorkerSettings:
     cache_dir: Path
     log: LogConfig = field(default_factory=LogConfig)
     log_to_stderr: bool = False  # when stdout carries a report (scan --json)
+    # Glances are verification's first step; off only to measure what verification costs.
+    glances: bool = True
 
 
 # --- child side ---------------------------------------------------------------------------
@@ -93,7 +96,9 @@ def _limit_memory(mib: int) -> None:
     log.debug("worker_memory_limited", base_mib=base >> 20, budget_mib=mib)
 
 
-def _fingerprint(embedder: Any, file: FileBytes, decode: DecodeConfig) -> Fingerprint:
+def _fingerprint(
+    embedder: Any, file: FileBytes, decode: DecodeConfig, glances: bool
+) -> Fingerprint:
     from dupwatch.framing import photo_inside
     from dupwatch.images import decode_image, dihedral_hashes, perceptual_hash
 
@@ -114,6 +119,7 @@ def _fingerprint(embedder: Any, file: FileBytes, decode: DecodeConfig) -> Finger
         vector=np.asarray(vector, dtype=np.float32),
         pixels=image.pixels,
         framed_vector=None if inner is None else np.asarray(vectors[1], dtype=np.float32),
+        glance=Glance.of(image.pixels, framed=inner is not None) if glances else None,
     )
 
 
@@ -147,14 +153,12 @@ def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], 
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """A verification of a new image against a known file, and what it leaves to keep."""
+    """A verification of a new image against a known file."""
 
     verification: Verification
-    meta: PhotoMeta | None  # the known file's, when it was decoded (for the camera-time veto)
-    # Sketches made on this call of a pair that turned out to be look-alikes, so the next
-    # verification against either file can go without decoding it (``verify.screen``).
-    known_sketch: Sketch | None = None
-    new_sketch: Sketch | None = None
+    meta: PhotoMeta | None  # the known file's (for the camera-time veto)
+    # The known file's glance, when one was asked for (it had none, or one of an old format).
+    known_glance: Glance | None = None
 
 
 def _verify_known(
@@ -162,44 +166,25 @@ def _verify_known(
     path: Path,
     decode: DecodeConfig,
     framed: bool,
-    sketch: Sketch | None,
-    sketch_new: bool,
+    glance_known: bool,
 ) -> Verified:
     from dupwatch.framing import photo_inside
-    from dupwatch.verify import VerifyThresholds, screen, verify
+    from dupwatch.verify import verify
 
+    known_pixels, meta = _decode_known(path, decode)
+    known_glance = None
+    if glance_known:
+        framed_known = photo_inside(known_pixels) is not None
+        known_glance = Glance.of(known_pixels, framed=framed_known)
     # A photo inside a frame (a screenshot) is compared as itself first: a whole-frame match
     # is cheaper and surer than finding it within its frame by features. Whether there is a
     # frame was found when the new file was fingerprinted.
     inner = photo_inside(pixels) if framed else None
-    # Turned down from the sketch only if both comparisons below would turn it down.
-    if sketch is not None and (inner is None or screen(inner, sketch) is not None):
-        screened = screen(pixels, sketch)
-        if screened is not None:
-            return Verified(screened, None)
-    known_pixels, meta = _decode_known(path, decode)
     if inner is not None:
         verified = verify(inner, known_pixels)
         if verified.same:
-            return Verified(verified, meta)
-    verified = verify(pixels, known_pixels)
-    if verified.same:
-        return Verified(verified, meta)
-    # Both sides' features were just detected (a rejected pair always gets that far), and
-    # the known side's mirrored ones too if this pair looked mirrored: a sketch lacking them
-    # is replaced by one that has them.
-    count = VerifyThresholds().orb_features
-    known_sketch = None
-    if sketch is None or sketch.mirrored_features is None:
-        made = Sketch.of(known_pixels, orb_count=count)
-        if sketch is None or made.mirrored_features is not None:
-            known_sketch = made
-    return Verified(
-        verified,
-        meta,
-        known_sketch=known_sketch,
-        new_sketch=Sketch.of(pixels, orb_count=count) if sketch_new else None,
-    )
+            return Verified(verified, meta, known_glance)
+    return Verified(verify(pixels, known_pixels), meta, known_glance)
 
 
 def _serve(conn: Connection, settings: WorkerSettings) -> None:
@@ -230,12 +215,10 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
         kind = request[0]
         try:
             if kind == "fingerprint":
-                reply: Any = _fingerprint(embedder, request[1], settings.decode)
+                reply: Any = _fingerprint(embedder, request[1], settings.decode, settings.glances)
             elif kind == "verify":
-                _, pixels, known_path, framed, sketch, sketch_new = request
-                reply = _verify_known(
-                    pixels, known_path, settings.decode, framed, sketch, sketch_new
-                )
+                _, pixels, known_path, framed, glance_known = request
+                reply = _verify_known(pixels, known_path, settings.decode, framed, glance_known)
             elif kind == "embed":
                 reply = embedder.embed(request[1])
             else:
@@ -360,18 +343,15 @@ class AnalysisWorker:
         known_path: Path,
         *,
         framed: bool,
-        sketch: Sketch | None = None,
-        sketch_new: bool = False,
+        glance_known: bool = False,
     ) -> Verified:
         """Verify the decoded new image against the known file at ``known_path``.
 
         ``framed``: the new image holds a photo inside a frame (its fingerprint has a
-        ``framed_vector``). ``sketch``: the known file's, if one was kept; the file is decoded
-        only when the sketch cannot settle it. ``sketch_new``: return the new image's sketch
-        when the pair turns out to be look-alikes.
+        ``framed_vector``). ``glance_known``: also return a glance of the known file.
         """
         result: Verified = self._call(
-            ("verify", pixels, known_path, framed, sketch, sketch_new), known_path
+            ("verify", pixels, known_path, framed, glance_known), known_path
         )
         return result
 

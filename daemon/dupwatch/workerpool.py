@@ -27,7 +27,6 @@ import structlog
 from numpy.typing import NDArray
 
 from dupwatch.images import FileBytes, read_file
-from dupwatch.sketch import Sketch
 from dupwatch.worker import AnalysisWorker, Fingerprint, Verified, WorkerSettings
 
 log = structlog.get_logger(__name__)
@@ -226,8 +225,7 @@ class AnalysisPool:
         known_path: Path,
         *,
         framed: bool,
-        sketch: Sketch | None = None,
-        sketch_new: bool = False,
+        glance_known: bool = False,
     ) -> Future[Verified]:
         """``AnalysisWorker.verify`` started now on the next free worker, ahead of look-ahead
         work; cancel the future if its answer is no longer needed. The candidates of one file
@@ -235,7 +233,7 @@ class AnalysisPool:
         return self._submit(
             _URGENT,
             lambda worker: worker.verify(
-                pixels, known_path, framed=framed, sketch=sketch, sketch_new=sketch_new
+                pixels, known_path, framed=framed, glance_known=glance_known
             ),
         )
 

@@ -153,3 +153,17 @@ def _journal_purged_state(db: Database) -> None:
     db.execute("DROP TABLE journal")
     db.execute("ALTER TABLE journal_0003 RENAME TO journal")
     db.execute("CREATE INDEX journal_state ON journal (state)")
+
+
+@MIGRATIONS(name="0004_glances")
+def _glances(db: Database) -> None:
+    # A glance (glance.py) per file, kept apart from the file row: it is the largest thing
+    # stored per photo, read only for candidates, and remade when its format changes.
+    db.execute(
+        """
+        CREATE TABLE glances (
+            file_id INTEGER PRIMARY KEY REFERENCES files (id) ON DELETE CASCADE,
+            data BLOB NOT NULL
+        )
+        """
+    )

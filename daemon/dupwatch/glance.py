@@ -1,0 +1,269 @@
+"""A glance at a photo: what it takes to turn down most look-alikes without decoding them.
+
+Most candidates that reach verification are look-alikes (the next shot of a scene, another
+photo of the same kind), and verifying one costs a decode of the known file and two feature
+detections at working size. A glance is made once per photo when it is fingerprinted and kept
+in the store (about 22 KB): its size and content box, a 64 x 64 grey thumbnail and ORB features
+at 256 pixels. Two glances settle a pair as *not* a copy when no whole-frame variant looks alike
+and no features line up on most of either picture; anything else goes to full verification,
+which alone can say "the same photo". A glance never confirms a pair, so it cannot add a false
+duplicate; it is tuned so that every copy of the accuracy benchmark still reaches verification
+(bench/RESULTS.md, "Verification cost").
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from dupwatch.agreement import Box, content_box, overlap
+from dupwatch.alignment import Features, gray
+from dupwatch.verify import Verification
+
+Image = NDArray[np.uint8]
+
+GLANCE_SIDE = 256  # long side the features are detected at, pixels...
+GLANCE_FEATURES = 500
+# ...unless fewer keypoints than this are found there (a soft or plain picture): then they are
+# detected at working size, where verification looks, so a glance never sees less than it.
+SPARSE_KEYPOINTS = 100
+THUMB_SIDE = 64
+# Whole-frame copies (resized, re-encoded, recoloured, blurred, turned, mirrored) correlate at
+# 0.949 or more on 64-pixel thumbnails in the accuracy benchmark (brightened copies with
+# clipped highlights lowest); look-alikes mostly lower, but a frame this close is compared
+# pixel by pixel whatever its features say.
+WHOLE_FRAME_CORRELATION = 0.90
+MIN_INLIERS = 12  # as verification's
+RATIO = 0.8  # Lowe ratio test, as verification's
+REPROJECTION_PX = 3.0  # RANSAC inlier distance at working size, as verification's
+# A feature alignment worth verifying: nearly a quarter turn, one picture nearly inside the
+# other. Copies of the accuracy benchmark sit at angle error <= 1.4 degrees and containment
+# >= 0.98 at glance size; look-alikes that align at all mostly below 0.8.
+MAX_ANGLE_ERROR = 5.0
+MIN_CONTAINMENT = 0.90
+MAX_ASPECT_ERROR = 0.03  # as verification's: a whole-frame variant needs the same shape
+
+_FORMAT = 1  # version of the stored encoding; a glance of another version is made again
+# version, framed, h, w, box x0 y0 x1 y1, long side of the features, thumb side, n
+_HEADER = struct.Struct("<BBHHHHHHHHH")
+
+
+@dataclass(frozen=True, slots=True)
+class Glance:
+    """The parts of a photo at working size that ``turned_down`` reads."""
+
+    size: tuple[int, int]  # height, width of the working-size image
+    box: Box  # content box at working size (letterbox bars and mats excluded)
+    thumb: Image  # THUMB_SIDE x THUMB_SIDE grey
+    features: Features  # ORB, points in pixels of the image scaled by ``scale``
+    scale: float  # of the features: their pixels per working-size pixel
+    framed: bool  # the photo sits inside a frame (a screenshot): always verified in full
+
+    @classmethod
+    def of(cls, image: Image, *, framed: bool) -> Glance:
+        """The glance of ``image`` (RGB, working size)."""
+        height, width = image.shape[:2]
+        grey = gray(image)
+        thumb = np.asarray(
+            cv2.resize(grey, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA), np.uint8
+        )
+        features, scale = _features(grey, GLANCE_SIDE)
+        if _keypoints(features) < SPARSE_KEYPOINTS and scale < 1.0:
+            features, scale = _features(grey, max(height, width))
+        return cls((height, width), content_box(image), thumb, features, scale, framed)
+
+    def mirrored_features(self, image: Image) -> Features:
+        """Features of ``image`` (the one this glance is of) mirrored left to right, at the
+        glance's scale: ORB is not mirror-invariant, and a mirrored copy that was also cropped
+        lines up only this way."""
+        flipped = np.ascontiguousarray(gray(image)[:, ::-1])
+        return _features(flipped, round(self.scale * max(self.size)))[0]
+
+    def encode(self) -> bytes:
+        """The stored form."""
+        points = np.round(self.features.points * 64.0).astype("<u2")  # 1/64 px, at most 1023
+        descriptors = self.features.descriptors
+        n = 0 if descriptors is None else len(descriptors)
+        side = round(self.scale * max(self.size))
+        header = _HEADER.pack(_FORMAT, int(self.framed), *self.size, *self.box, side, THUMB_SIDE, n)
+        parts = [header, np.ascontiguousarray(self.thumb, dtype=np.uint8).tobytes()]
+        if descriptors is not None:
+            parts += [points[:n].tobytes(), np.ascontiguousarray(descriptors).tobytes()]
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Glance | None:
+        """The glance ``encode`` wrote, or None for one of another version or a damaged one."""
+        if len(blob) < _HEADER.size or blob[0] != _FORMAT:
+            return None
+        _, framed, h, w, x0, y0, x1, y1, long_side, side, n = _HEADER.unpack_from(blob)
+        if min(h, w, long_side) < 1:
+            return None
+        thumb_end = _HEADER.size + side * side
+        points_end = thumb_end + n * 4
+        if len(blob) != points_end + n * 32 or side != THUMB_SIDE:
+            return None
+        thumb = np.frombuffer(blob, np.uint8, side * side, _HEADER.size).reshape(side, side)
+        points = np.frombuffer(blob, "<u2", n * 2, thumb_end).reshape(n, 2)
+        descriptors = np.frombuffer(blob, np.uint8, n * 32, points_end).reshape(n, 32)
+        features = Features(points.astype(np.float32) / 64.0, descriptors.copy() if n else None)
+        scale = long_side / max(h, w)
+        return cls((h, w), (x0, y0, x1, y1), thumb.copy(), features, scale, bool(framed))
+
+
+def _features(grey: Image, side: int) -> tuple[Features, float]:
+    """ORB features of ``grey`` scaled to long side ``side`` (never enlarged), and the scale."""
+    height, width = grey.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        grey = np.asarray(cv2.resize(grey, size, interpolation=cv2.INTER_AREA), np.uint8)
+    # Smaller patches than verification's: at 256 px the default 31-pixel patch leaves no
+    # keypoints near the borders, where a crop's overlap is decided.
+    orb = cv2.ORB.create(
+        nfeatures=GLANCE_FEATURES,
+        scaleFactor=1.2,
+        nlevels=8,
+        fastThreshold=10,
+        edgeThreshold=15,
+        patchSize=15,
+    )
+    keypoints, descriptors = orb.detectAndCompute(grey, None)
+    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+    features = Features(points, None if descriptors is None else np.asarray(descriptors, np.uint8))
+    return features, scale
+
+
+def turned_down(
+    new: Glance, known: Glance, mirrored: Callable[[], Features]
+) -> Verification | None:
+    """The verdict "not the same photo" when the glances show it, else None (verify in full).
+
+    ``mirrored`` gives the new image's ``mirrored_features``; it is called only for a pair
+    that looks mirrored, the only pairs whose mirrored features verification would try.
+    """
+    if new.framed or known.framed:
+        return None
+    if _best_whole_frame(new, known) >= WHOLE_FRAME_CORRELATION:
+        return None
+    attempts = [_aligned(new.features, new.box, new, known)]
+    if _looks_mirrored(new, known):
+        x0, y0, x1, y1 = new.box
+        mirrored_box = (new.size[1] - x1, y0, new.size[1] - x0, y1)
+        attempts.append(_aligned(mirrored(), mirrored_box, new, known))
+    if any(a.worth_verifying for a in attempts):
+        return None
+    shown = max(attempts, key=lambda a: a.inliers)
+    return Verification(
+        same=False,
+        reason="different_at_a_glance",
+        transform="",
+        matches=shown.matches,
+        inliers=shown.inliers,
+        containment=round(shown.containment, 4),
+        core_fraction=0.0,
+        disagreeing=1.0,
+        worst_block=None,
+        outliers=1.0,
+        residual=None,
+        attempts=0,
+    )
+
+
+def _keypoints(features: Features) -> int:
+    return 0 if features.descriptors is None else len(features.descriptors)
+
+
+def _best_whole_frame(new: Glance, known: Glance) -> float:
+    """The highest thumbnail correlation over the dihedral variants with ``known``'s shape."""
+    hk, wk = known.size
+    hn, wn = new.size
+    target = _centred(known.thumb)
+    best = -1.0
+    for mirrored in (False, True):
+        thumb = new.thumb[:, ::-1] if mirrored else new.thumb
+        for k in range(4):
+            rw, rh = (wn, hn) if k % 2 == 0 else (hn, wn)
+            if abs(math.log((wk / hk) / (rw / rh))) > MAX_ASPECT_ERROR:
+                continue
+            best = max(best, float((target * _centred(np.rot90(thumb, k))).sum()))
+    return best
+
+
+def _looks_mirrored(new: Glance, known: Glance) -> bool:
+    """Whether the mirrored new image resembles the known one more than the new image as it
+    is, turned either way (verification's rule for trying mirrored features)."""
+    target = _centred(known.thumb)
+
+    def best(thumb: Image) -> float:
+        return max(float((target * _centred(np.rot90(thumb, k))).sum()) for k in range(4))
+
+    return best(new.thumb[:, ::-1]) > best(new.thumb)
+
+
+def _centred(thumb: Image) -> NDArray[np.float64]:
+    """Zero mean, unit norm: the dot product of two is their correlation."""
+    x = thumb.astype(np.float64)
+    x -= x.mean()
+    norm = math.sqrt(float((x * x).sum()))
+    return x / norm if norm > 1e-6 else x
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    matches: int = 0
+    inliers: int = 0
+    containment: float = 0.0
+    angle_error: float = 180.0
+
+    @property
+    def worth_verifying(self) -> bool:
+        return (
+            self.inliers >= MIN_INLIERS
+            and self.angle_error <= MAX_ANGLE_ERROR
+            and self.containment >= MIN_CONTAINMENT
+        )
+
+
+def _aligned(features: Features, box: Box, new: Glance, known: Glance) -> _Attempt:
+    """How well ``features`` of the new image (as they are or mirrored) line up with the
+    known image's: RANSAC inliers of a similarity transform, its distance from a quarter turn
+    and how much of either picture it lays inside the other."""
+    fk = known.features
+    if features.descriptors is None or fk.descriptors is None:
+        return _Attempt()
+    if len(features.points) < 3 or len(fk.points) < 3:
+        return _Attempt()
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(features.descriptors, fk.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < 3:
+        return _Attempt(matches=len(good))
+    src = features.points[[m.queryIdx for m in good]]
+    dst = fk.points[[m.trainIdx for m in good]]
+    matrix, mask = cv2.estimateAffinePartial2D(
+        src,
+        dst,
+        method=cv2.RANSAC,
+        ransacReprojThreshold=REPROJECTION_PX * known.scale,
+        maxIters=2000,
+        confidence=0.995,
+    )
+    if matrix is None or mask is None:
+        return _Attempt(matches=len(good))
+    angle = math.degrees(math.atan2(matrix[1, 0], matrix[0, 0]))
+    angle_error = abs(angle - 90.0 * round(angle / 90.0))
+    transform = np.asarray(matrix, dtype=np.float64)
+    shares = overlap(_scaled(known.box, known.scale), _scaled(box, new.scale), transform)
+    containment = 0.0 if shares is None else max(shares[1], shares[2])
+    return _Attempt(len(good), int(mask.sum()), containment, angle_error)
+
+
+def _scaled(box: Box, scale: float) -> Box:
+    x0, y0, x1, y1 = box
+    return round(x0 * scale), round(y0 * scale), round(x1 * scale), round(y1 * scale)
