@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
@@ -71,3 +72,27 @@ def test_refilling_keeps_the_rows_given_and_the_age_of_the_oldest() -> None:
     assert rest.exact_up_to == 16
     assert rest.held(np.arange(len(ids), dtype=np.int64)) is None  # past exact_up_to
     assert Buffer(DIM).refilled(projection, ids[:0], vectors[:0]).oldest is None
+
+
+def _resident_anonymous_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def test_full_rows_dropped_past_exact_up_to_go_back_to_the_system() -> None:
+    rng = np.random.default_rng(6)
+    vectors = _unit_rows(rng, 1025)
+    projection = Projection.fit(vectors[:300], PROJECTED)
+    # Free a mapped block larger than the full rows, as a rebuild's swap does: glibc then
+    # serves blocks of that size from its heap, where freed memory stays resident.
+    big = np.ones(4 << 20, dtype=np.float32)
+    del big
+    buffer = Buffer(DIM, projection, exact_up_to=1024)
+    for file_id, vector in enumerate(vectors[:1024]):
+        buffer.append(file_id, vector)
+    holding = _resident_anonymous_mib()
+    buffer.append(1024, vectors[1024])  # past exact_up_to: the full rows are let go
+    assert buffer.full is None
+    assert holding - _resident_anonymous_mib() > 4.0  # of the 5 MiB the full rows took

@@ -11,12 +11,14 @@ bytes a row, not 5 KB), and the index reads the few rows it scores from the stor
 for the snapshot's candidates. Holding every full vector cost the daemon 5 MB per 1,000 new
 files until each rebuild (25 MB at the default rebuild size), which counted as memory growth.
 
-Full vectors are held as the store holds them (float16, the bytes ``put_vector`` wrote), so a
+Full vectors are held with the values the store holds (its float16, widened to float32: a
+float16 matrix would have to be widened at every query, 20 times the cost of the scan), so a
 similarity is the same whether its row is scored from memory or from the store.
 """
 
 from __future__ import annotations
 
+import mmap
 import time
 from typing import Any
 
@@ -38,6 +40,21 @@ def _grown(array: NDArray[Any], rows: int) -> NDArray[Any]:
     return out
 
 
+def _grown_mapped(array: NDArray[np.float32], rows: int) -> NDArray[np.float32]:
+    """Like ``_grown``, but in an anonymous mapping of its own, unmapped when it is freed.
+
+    From malloc, a matrix of a few MB may come from the heap once glibc's mmap threshold has
+    risen (it follows the largest mapped block freed), and freed heap memory stays resident:
+    measured, the full rows dropped past ``exact_up_to`` stayed resident after a rebuild.
+    """
+    # Private: shared anonymous memory would be counted as shmem, apart from the process's own.
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    block = mmap.mmap(-1, rows * array.shape[1] * array.itemsize, flags=flags)
+    out = np.frombuffer(block, dtype=array.dtype).reshape(rows, array.shape[1])
+    out[: len(array)] = array
+    return out
+
+
 class Buffer:
     """Recent vectors in growable arrays; superseded and removed rows are masked, not moved.
 
@@ -53,7 +70,7 @@ class Buffer:
         self.projection = projection
         self.exact_up_to = exact_up_to
         pdim = 0 if projection is None else projection.dim
-        self.full: NDArray[np.float16] | None = np.empty((0, dim), dtype=VECTOR_DTYPE)
+        self.full: NDArray[np.float32] | None = np.empty((0, dim), dtype=np.float32)
         self.projected = np.empty((0, pdim), dtype=np.float32)
         self.sq_norms = np.empty(0, dtype=np.float32)  # of the projected rows
         self.file_ids = np.empty(0, dtype=np.int64)
@@ -64,22 +81,23 @@ class Buffer:
 
     def append(self, file_id: int, vector: NDArray[np.float32]) -> None:
         """Add the vector ``file_id`` has in the store (not a normalised copy of it)."""
-        half = np.asarray(vector).astype(VECTOR_DTYPE)  # exactly what the store holds
+        # The values the store holds: put_vector keeps float16.
+        stored = np.asarray(vector).astype(VECTOR_DTYPE).astype(np.float32)
         if self.full is not None and self.projection is not None and self.n >= self.exact_up_to:
             self.full = None  # scanned in the projection from now on: rows come from the store
         if self.n == self.file_ids.shape[0]:
             cap = max(1024, self.n * 2)
             if self.full is not None:
-                self.full = _grown(self.full, cap)
+                self.full = _grown_mapped(self.full, cap)
             self.projected = _grown(self.projected, cap)
             self.sq_norms = _grown(self.sq_norms, cap)
             self.file_ids = _grown(self.file_ids, cap)
             self.live = _grown(self.live, cap)
         self.discard(file_id)
         if self.full is not None:
-            self.full[self.n] = half
+            self.full[self.n] = stored
         if self.projection is not None:
-            row = self.projection.apply(half.astype(np.float32)[None, :])[0]
+            row = self.projection.apply(stored[None, :])[0]
             self.projected[self.n] = row
             self.sq_norms[self.n] = row @ row
         self.file_ids[self.n] = file_id
@@ -114,10 +132,11 @@ class Buffer:
         return np.asarray(rows[np.isfinite(distances[rows])], dtype=np.int64)
 
     def held(self, rows: NDArray[np.int64]) -> NDArray[np.float32] | None:
-        """The full vectors of ``rows`` (float32), or None when the store must supply them."""
+        """The full vectors of ``rows``, or None when the store must supply them."""
         if self.full is None:
             return None
-        return np.asarray(self.full[rows], dtype=np.float32)
+        held: NDArray[np.float32] = self.full[rows]
+        return held
 
     def live_ids(self, start: int = 0) -> NDArray[np.int64]:
         """Ids of the live rows from ``start`` on, in the order they were added."""
