@@ -169,10 +169,14 @@ def _resources(samples: Sequence[Sample]) -> tuple[list[str], bool]:
 
 def after_rebuilds(samples: Sequence[Sample], events: list[dict[str, Any]]) -> list[str]:
     """Memory just after each snapshot rebuild: the buffer of recent vectors is at its
-    smallest then, so these points show growth that the buffer's sawtooth does not explain."""
+    smallest then, so these points show growth that the buffer's sawtooth does not explain.
+
+    The daemon logs ``snapshot_loaded`` when it swaps a new snapshot in (``snapshot_built``
+    comes from the build's own process, whose log is not the daemon's).
+    """
     points = []
     for event in events:
-        if event.get("event") == "snapshot_built" and "timestamp" in event:
+        if event.get("event") == "snapshot_loaded" and "timestamp" in event:
             after = [s for s in samples if s.wall >= timestamp(event) + 2]
             if after:
                 points.append(after[0])
