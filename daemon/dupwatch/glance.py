@@ -240,12 +240,16 @@ def _aligned(features: Features, box: Box, new: Glance, known: Glance) -> _Attem
         return _Attempt()
     if len(features.points) < 3 or len(fk.points) < 3:
         return _Attempt()
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(features.descriptors, fk.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    # The two nearest known descriptors of each new one, as arrays: the same matches as a
+    # BFMatcher's knnMatch without a Python object per match (this runs in the daemon).
+    distances, nearest = cv2.batchDistance(
+        features.descriptors, fk.descriptors, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2
+    )
+    good = np.flatnonzero((nearest[:, 1] >= 0) & (distances[:, 0] < RATIO * distances[:, 1]))
     if len(good) < 3:
         return _Attempt(matches=len(good))
-    src = features.points[[m.queryIdx for m in good]]
-    dst = fk.points[[m.trainIdx for m in good]]
+    src = features.points[good]
+    dst = fk.points[nearest[good, 0]]
     matrix, mask = cv2.estimateAffinePartial2D(
         src,
         dst,
