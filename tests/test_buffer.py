@@ -36,7 +36,7 @@ def test_a_large_projected_buffer_holds_no_full_vectors() -> None:
     # A full vector is 2,560 bytes even as the store keeps it (float16); a row of ids and a
     # projection is a few hundred, with the arrays' spare capacity and the id lookup.
     assert held / len(vectors) < 1024
-    assert buffer.held(np.arange(10, dtype=np.int64)) is None
+    assert buffer.held() is None
 
 
 def test_a_buffer_scanned_in_full_gives_back_the_stored_vectors() -> None:
@@ -49,10 +49,10 @@ def test_a_buffer_scanned_in_full_gives_back_the_stored_vectors() -> None:
         buffer.discard(5)
         rows = buffer.rows_to_score(vectors[0], shortlist=10)
         assert len(rows) == 299
-        full = buffer.held(rows)
+        full = buffer.held()
         assert full is not None
         stored = np.stack([decode_vector(encode_vector(v)) for v in vectors])
-        assert np.array_equal(full, stored[buffer.file_ids[rows] - 1])
+        assert np.array_equal(full[rows], stored[buffer.file_ids[rows] - 1])
 
 
 def test_refilling_keeps_the_rows_given_and_the_age_of_the_oldest() -> None:
@@ -70,7 +70,7 @@ def test_refilling_keeps_the_rows_given_and_the_age_of_the_oldest() -> None:
     assert len(rest) == len(ids)
     assert rest.oldest == buffer.oldest
     assert rest.exact_up_to == 16
-    assert rest.held(np.arange(len(ids), dtype=np.int64)) is None  # past exact_up_to
+    assert rest.held() is None  # past exact_up_to
     assert Buffer(DIM).refilled(projection, ids[:0], vectors[:0]).oldest is None
 
 

@@ -131,11 +131,12 @@ class Buffer:
         rows = np.argpartition(distances, shortlist - 1)[:shortlist]
         return np.asarray(rows[np.isfinite(distances[rows])], dtype=np.int64)
 
-    def held(self, rows: NDArray[np.int64]) -> NDArray[np.float32] | None:
-        """The full vectors of ``rows``, or None when the store must supply them."""
+    def held(self) -> NDArray[np.float32] | None:
+        """The full vectors of every row (a view, row by row), or None when the store must
+        supply them."""
         if self.full is None:
             return None
-        held: NDArray[np.float32] = self.full[rows]
+        held: NDArray[np.float32] = self.full[: self.n]
         return held
 
     def live_ids(self, start: int = 0) -> NDArray[np.int64]:

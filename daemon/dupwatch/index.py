@@ -181,11 +181,13 @@ class VectorIndex:
             found: dict[int, float] = {}
             if n:
                 rows = buffer.rows_to_score(query, shortlist=max(self.settings.buffer_shortlist, k))
-                ids, vectors = buffer.file_ids[rows], buffer.held(rows)
-                if vectors is None:
+                ids, held = buffer.file_ids[rows], buffer.held()
+                if held is not None:
+                    # Scoring every held row costs less than gathering the rows first.
+                    sims = cosine(held, query)[rows]
+                else:
                     batch = self._store.vectors_for(ids.tolist(), self._model_id)
-                    ids, vectors = batch.file_ids, batch.vectors
-                sims = cosine(vectors, query)
+                    ids, sims = batch.file_ids, cosine(batch.vectors, query)
                 for i in np.argsort(-sims)[:k]:
                     found[int(ids[i])] = float(sims[i])
             if snapshot is not None and len(snapshot):
