@@ -60,9 +60,10 @@ class _Task:
 class _Schedule:
     """Tasks in priority order, with look-ahead work on at most ``ahead_limit`` workers at once.
 
-    The file being decided waits for its verifications; were every worker busy with a
-    fingerprint of a later file, each of them would wait for that fingerprint to finish
-    first. Keeping a worker out of look-ahead work lets them start at once.
+    The file being decided waits for its verifications; with every worker busy with a
+    fingerprint of a later file, they wait for one to finish first. A limit below the pool's
+    size keeps a worker out of look-ahead work so that they start at once, at the cost of
+    that worker's idle time.
     """
 
     def __init__(self, ahead_limit: int) -> None:
@@ -114,7 +115,11 @@ class AnalysisPool:
             raise ValueError("an analysis pool needs at least one worker")
         self._settings = settings
         self._workers = [AnalysisWorker(settings) for _ in range(size)]
-        self._tasks = _Schedule(ahead_limit=max(1, size - 1))
+        # Every worker may fingerprint ahead: since glances settle most look-alikes in the
+        # daemon, few files need a worker to verify (bench/RESULTS.md, "Daemon": a worker kept
+        # free for them left it idle, 35 files/s against 47 with all of them). A verification
+        # still goes before every look-ahead task not yet started.
+        self._tasks = _Schedule(ahead_limit=size)
         self._sequence = itertools.count()
         self._threads: list[threading.Thread] = []
         self._prefetched: dict[Path, _Prefetched] = {}
