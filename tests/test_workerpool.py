@@ -19,7 +19,7 @@ from skimage import data
 from dupwatch.config import Config
 from dupwatch.errors import NotAnImage
 from dupwatch.images import read_file
-from dupwatch.worker import WorkerSettings
+from dupwatch.worker import WORKER_NICENESS, WorkerSettings
 from dupwatch.workerpool import (
     _AHEAD,
     _URGENT,
@@ -147,6 +147,10 @@ def test_pool_runs_one_process_per_worker_and_close_ends_them(tmp_path: Path) ->
         started = _children() - before
         assert len(started) == 2
         assert pool.model_id
+        # The workers yield a shared core to the deciding thread: a lower priority than ours.
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        for pid in started:
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, ours + WORKER_NICENESS)
     finally:
         pool.close()
     assert not (_children() & started)

@@ -7,6 +7,7 @@ the parent waits with a timeout: a crash or a hang costs one file, and the worke
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -35,6 +36,10 @@ log = structlog.get_logger(__name__)
 # The working size handed to the embedder and to verification (long side, pixels).
 WORKING_SIZE = 512
 _START_TIMEOUT = 300.0
+# Workers yield a shared core to the daemon's deciding thread, which every file passes
+# through in turn (and to other services on the machine). Measured on the daemon benchmark:
+# 53-58 files/s at equal priority, 60-62 with the workers at niceness 5.
+WORKER_NICENESS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +211,8 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return
     _limit_memory(settings.decode.worker_memory_mib)
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
     conn.send(("ready", embedder.model_id))
     while True:
         try:
