@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dupwatch import __version__
+from dupwatch.allocator import steady_allocator
 from dupwatch.cli_library import (
     cmd_forget_missing,
     cmd_quarantine_list,
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Before anything loads numpy: spinning BLAS threads would take a core from the workers.
     limit_math_threads(1)
+    steady_allocator()  # before any thread starts
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
