@@ -104,12 +104,16 @@ def results_md_rate(size: str) -> float | None:
 
 
 class RssSampler:
-    """Peak resident memory of a process and its children, summed, sampled from /proc."""
+    """Peak resident memory of a process and its children, summed, sampled from /proc; and
+    the CPU seconds each kind of process used (the last reading of each process, summed)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.peak_total_mb = 0.0
         self.peak_mb: dict[str, float] = {}
+        self._cpu: dict[int, tuple[str, float]] = {}
+        self._cpu_at_mark: dict[str, float] = {}
+        self._tick = os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -134,6 +138,7 @@ class RssSampler:
                 try:
                     status = Path(f"/proc/{pid}/status").read_text()
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 except OSError:
                     continue
                 rss = next(
@@ -153,11 +158,27 @@ class RssSampler:
                 )
                 self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), rss)
                 total += rss
+                self._cpu[pid] = (name, (int(stat[11]) + int(stat[12])) / self._tick)
             self.peak_total_mb = max(self.peak_total_mb, total)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def mark(self) -> None:
+        """Count CPU from now on (start-up, the model loading, is left out)."""
+        time.sleep(0.5)  # at least one fresh sample
+        self._cpu_at_mark = self._totals()
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds by kind of process ("daemon", "worker", "other") since ``mark``."""
+        return {k: v - self._cpu_at_mark.get(k, 0.0) for k, v in self._totals().items()}
+
+    def _totals(self) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for name, seconds in list(self._cpu.values()):
+            used[name] = used.get(name, 0.0) + seconds
+        return used
 
 
 def _timestamp(event: dict[str, Any]) -> float:
@@ -214,6 +235,7 @@ def run_daemon(
     try:
         if not started.wait(300):
             raise SystemExit("the daemon did not start")
+        sampler.mark()
         begin = time.monotonic()
         for i, source in enumerate(files):
             delay = begin + i / rate - time.monotonic()
@@ -262,6 +284,7 @@ def run_daemon(
         else None,
         "rss_total": sampler.peak_total_mb,
         "rss": dict(sampler.peak_mb),
+        "cpu": sampler.cpu_seconds(),
     }
 
 

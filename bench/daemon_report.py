@@ -124,6 +124,17 @@ def section(r: dict[str, Any]) -> str:
                 f"undecided** ({run['ended']}); its latency quantiles cover the decided files "
                 "only and so understate the truth.",
             ]
+    cpu = fast.get("cpu")
+    if cpu and fast["decided"] and fast["sustained"]:
+        per_file = {k: 1000 * v / fast["decided"] for k, v in sorted(cpu.items())}
+        busy = sum(cpu.values()) / ((os.cpu_count() or 1) * fast["decided"] / fast["sustained"])
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in per_file.items())
+        lines += [
+            "",
+            f"CPU per file in the throughput run, ms: {shown} (from the first arrival to the "
+            f"end); all cores together were busy {100 * busy:.0f} % of the time files were "
+            "being decided.",
+        ]
     tiers = ", ".join(f"{k} {v}" for k, v in sorted(fast["tiers"].items()))
     lines += ["", f"Decisions in the throughput run: {tiers}."]
     if r["set"] == "library":

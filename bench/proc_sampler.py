@@ -23,6 +23,9 @@ class ProcStats:
     # Anonymous memory (heap, arrays) apart from file-backed pages (libraries, mmapped
     # snapshots), which the kernel can drop and re-read: a leak shows in the first.
     rss_anon_mib: float = 0.0
+    # Descriptors of search-index snapshot files (``snapshot-*.ann``): Annoy keeps the one it
+    # searches open for as long as it is loaded, so one appears with the first snapshot.
+    snapshot_fds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +62,16 @@ def proc_stats(pid: int) -> ProcStats | None:
     """One process's figures, or None if it is gone (or went while being read)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-        fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+        links = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return None
+    fds, snapshot_fds = len(links), 0
+    for link in links:
+        try:
+            name = link.readlink().name
+        except OSError:
+            continue  # closed meanwhile
+        snapshot_fds += name.startswith("snapshot-") and name.endswith(".ann")
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     try:
         rss_kib = int(fields["VmRSS"].split()[0])
@@ -69,7 +79,7 @@ def proc_stats(pid: int) -> ProcStats | None:
         threads = int(fields["Threads"])
     except (KeyError, ValueError, IndexError):
         return None  # a zombie has no VmRSS
-    return ProcStats(rss_kib / 1024, threads, fds, anon_kib / 1024)
+    return ProcStats(rss_kib / 1024, threads, fds, anon_kib / 1024, snapshot_fds)
 
 
 def _sum(stats: list[ProcStats]) -> ProcStats:
@@ -78,6 +88,7 @@ def _sum(stats: list[ProcStats]) -> ProcStats:
         sum(s.threads for s in stats),
         sum(s.fds for s in stats),
         sum(s.rss_anon_mib for s in stats),
+        sum(s.snapshot_fds for s in stats),
     )
 
 
