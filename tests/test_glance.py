@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from skimage import data
 from test_accuracy import EDITS, ORIGINALS, crop, moved_subject_frames, resize, write
 
+from dupwatch import candidates
 from dupwatch.config import Config
 from dupwatch.framing import photo_inside
 from dupwatch.glance import SPARSE_KEYPOINTS, Glance, turned_down
@@ -268,3 +269,21 @@ def test_glances_cost_nothing_to_decisions(tmp_path: Path) -> None:
             services.close()
     assert tiers[True] == tiers[False]
     assert all(tiers[True][f"{n}-crop"] is Tier.DUPLICATE for n in ORIGINALS), tiers[True]
+
+
+def test_a_glance_that_cannot_be_compared_sends_the_pair_to_full_verification(
+    scanned: tuple[Services, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services, root = scanned
+    original = write(root / "coffee.jpg", ORIGINALS["coffee"])
+    assert services.pipeline.process(original) is not None
+
+    def broken(*_: object) -> None:
+        raise cv2.error("injected")
+
+    monkeypatch.setattr(candidates, "turned_down", broken)
+    copy = write(root / "copies" / "coffee-small.jpg", resize(ORIGINALS["coffee"], 0.5), 80)
+    with candidate_events() as events:
+        result = services.pipeline.process(copy)
+    assert result is not None and result.tier is Tier.DUPLICATE
+    assert [e["reason"] for e in events if e["candidate"] == original] == ["whole_frame_match"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import structlog
 from numpy.typing import NDArray
@@ -355,7 +356,12 @@ class CandidateSearch:
             stored = self._store.glance(pair.record.id)
             known = None if stored is None else Glance.decode(stored)
             if known is not None:
-                verdict = turned_down(fingerprint.glance, known, mirrored)
+                try:
+                    verdict = turned_down(fingerprint.glance, known, mirrored)
+                except (cv2.error, ValueError) as exc:
+                    # A glance only saves work: without one the pair is verified in full.
+                    log.warning("glance_failed", candidate=pair.record.path, error=str(exc))
+                    verdict = None
                 if verdict is not None:
                     return Verified(verdict, None)
         return self._worker.verify_later(
