@@ -105,6 +105,7 @@ def test_two_halves_of_one_photo_are_turned_down(name: str) -> None:
     verdict = turned_down(g_right, g_left, mirror_right)  # type: ignore[arg-type]
     assert verdict is not None
     assert (verdict.same, verdict.reason) == (False, "different_at_a_glance")
+    assert verdict.explain().startswith("not the same photo (different_at_a_glance): the whole")
 
 
 def test_different_photos_are_turned_down() -> None:

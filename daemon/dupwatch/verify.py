@@ -141,6 +141,11 @@ class Verification:
 
     def explain(self) -> str:
         verdict = "same photo" if self.same else "not the same photo"
+        if self.reason == "different_at_a_glance":  # settled from glances (glance.py)
+            return (
+                f"{verdict} ({self.reason}): the whole frames do not look alike and at most "
+                f"{self.inliers} of {self.matches} feature matches line up"
+            )
         if not self.transform:
             return f"{verdict} ({self.reason}): no alignment found after {self.attempts} tries"
         worst = "-" if self.worst_block is None else f"{self.worst_block:.2f}"
