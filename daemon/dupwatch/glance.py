@@ -246,7 +246,7 @@ def _aligned(features: Features, box: Box, new: Glance, known: Glance) -> _Attem
         features.descriptors, fk.descriptors, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2
     )
     good = np.flatnonzero((nearest[:, 1] >= 0) & (distances[:, 0] < RATIO * distances[:, 1]))
-    if len(good) < 3:
+    if len(good) < MIN_INLIERS:  # too few matches for enough inliers: no RANSAC needed
         return _Attempt(matches=len(good))
     src = features.points[good]
     dst = fk.points[nearest[good, 0]]
