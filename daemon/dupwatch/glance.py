@@ -3,7 +3,7 @@
 Most candidates that reach verification are look-alikes (the next shot of a scene, another
 photo of the same kind), and verifying one costs a decode of the known file and two feature
 detections at working size. A glance is made once per photo when it is fingerprinted and kept
-in the store (about 22 KB): its size and content box, a 64 x 64 grey thumbnail and ORB features
+in the store (12-22 KB): its size and content box, a 64 x 64 grey thumbnail and ORB features
 at 256 pixels. Two glances settle a pair as *not* a copy when no whole-frame variant looks alike
 and no features line up on most of either picture; anything else goes to full verification,
 which alone can say "the same photo". A glance never confirms a pair, so it cannot add a false
@@ -31,7 +31,7 @@ Image = NDArray[np.uint8]
 GLANCE_SIDE = 256  # long side the features are detected at, pixels...
 GLANCE_FEATURES = 500
 # ...unless fewer keypoints than this are found there (a soft or plain picture): then they are
-# detected at working size, where verification looks, so a glance never sees less than it.
+# detected at working size, the resolution verification looks at.
 SPARSE_KEYPOINTS = 100
 THUMB_SIDE = 64
 # Whole-frame copies (resized, re-encoded, recoloured, blurred, turned, mirrored) correlate at
