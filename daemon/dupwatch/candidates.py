@@ -10,6 +10,7 @@ the store.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -124,22 +125,6 @@ def present(record: FileRecord) -> bool:
     except OSError:
         return False
     return record.stat.same_content_version(now)
-
-
-class _Mirrored:
-    """The new image's mirrored glance features, made the first time a pair asks for them."""
-
-    def __init__(self, fingerprint: Fingerprint) -> None:
-        self._fingerprint = fingerprint
-        self._features: Features | None = None
-
-    def __call__(self) -> Features:
-        if self._features is None:
-            glance = self._fingerprint.glance
-            if glance is None:
-                raise ValueError("a fingerprint without a glance has no mirrored features")
-            self._features = glance.mirrored_features(self._fingerprint.pixels)
-        return self._features
 
 
 class CandidateSearch:
@@ -289,7 +274,14 @@ class CandidateSearch:
         # Verified side by side when there are several workers, but taken in order: the
         # outcome is the same as one at a time, and what is not needed yet is dropped.
         chosen = worth_it[:MAX_VERIFIED_CANDIDATES]
-        mirrored = _Mirrored(fingerprint)
+        glance, pixels = fingerprint.glance, fingerprint.pixels
+
+        @functools.cache  # once per file, and only if a pair looks mirrored (turned_down)
+        def mirrored() -> Features:
+            if glance is None:
+                raise ValueError("a fingerprint without a glance has no mirrored features")
+            return glance.mirrored_features(pixels)
+
         pending = [self._verify_later(fingerprint, p, mirrored) for p in chosen]
         try:
             for pair, verification in zip(chosen, pending, strict=True):

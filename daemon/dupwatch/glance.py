@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dupwatch.agreement import Box, content_box, overlap
-from dupwatch.alignment import Features, gray
+from dupwatch.alignment import Features, Thumb, dihedral_alignments, gray, thumbs_look_mirrored
 from dupwatch.verify import Verification
 
 Image = NDArray[np.uint8]
@@ -150,10 +150,10 @@ def turned_down(
     """
     if new.framed or known.framed:
         return None
-    if _best_whole_frame(new, known) >= WHOLE_FRAME_CORRELATION:
+    if _best_whole_frame(new, known):
         return None
     attempts = [_aligned(new.features, new.box, new, known)]
-    if _looks_mirrored(new, known):
+    if thumbs_look_mirrored(_thumb(known), _thumb(new)):
         x0, y0, x1, y1 = new.box
         mirrored_box = (new.size[1] - x1, y0, new.size[1] - x0, y1)
         attempts.append(_aligned(mirrored(), mirrored_box, new, known))
@@ -180,39 +180,22 @@ def _keypoints(features: Features) -> int:
     return 0 if features.descriptors is None else len(features.descriptors)
 
 
-def _best_whole_frame(new: Glance, known: Glance) -> float:
-    """The highest thumbnail correlation over the dihedral variants with ``known``'s shape."""
-    hk, wk = known.size
-    hn, wn = new.size
-    target = _centred(known.thumb)
-    best = -1.0
-    for mirrored in (False, True):
-        thumb = new.thumb[:, ::-1] if mirrored else new.thumb
-        for k in range(4):
-            rw, rh = (wn, hn) if k % 2 == 0 else (hn, wn)
-            if abs(math.log((wk / hk) / (rw / rh))) > MAX_ASPECT_ERROR:
-                continue
-            best = max(best, float((target * _centred(np.rot90(thumb, k))).sum()))
-    return best
+def _best_whole_frame(new: Glance, known: Glance) -> bool:
+    """Whether a dihedral variant of the new thumbnail with the known shape correlates enough."""
+    return bool(
+        dihedral_alignments(
+            _thumb(known),
+            known.size,
+            _thumb(new),
+            new.size,
+            max_aspect_error=MAX_ASPECT_ERROR,
+            min_correlation=WHOLE_FRAME_CORRELATION,
+        )
+    )
 
 
-def _looks_mirrored(new: Glance, known: Glance) -> bool:
-    """Whether the mirrored new image resembles the known one more than the new image as it
-    is, turned either way (verification's rule for trying mirrored features)."""
-    target = _centred(known.thumb)
-
-    def best(thumb: Image) -> float:
-        return max(float((target * _centred(np.rot90(thumb, k))).sum()) for k in range(4))
-
-    return best(new.thumb[:, ::-1]) > best(new.thumb)
-
-
-def _centred(thumb: Image) -> NDArray[np.float64]:
-    """Zero mean, unit norm: the dot product of two is their correlation."""
-    x = thumb.astype(np.float64)
-    x -= x.mean()
-    norm = math.sqrt(float((x * x).sum()))
-    return x / norm if norm > 1e-6 else x
+def _thumb(glance: Glance) -> Thumb:
+    return glance.thumb.astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)

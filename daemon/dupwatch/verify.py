@@ -36,8 +36,6 @@ from dupwatch.agreement import (
 )
 from dupwatch.alignment import (
     Alignment,
-    Features,
-    Thumb,
     dihedral_alignments,
     feature_alignment,
     mirror,
@@ -206,7 +204,14 @@ def measure(
         return decide(candidate, thresholds)[0] and not exhaustive
 
     thumb_a, thumb_b = thumbnail(a), thumbnail(b)
-    for alignment in _whole_frame(thumb_a, a.shape, thumb_b, b.shape, thresholds):
+    for alignment in dihedral_alignments(
+        thumb_a,
+        a.shape,
+        thumb_b,
+        b.shape,
+        max_aspect_error=thresholds.max_aspect_error,
+        min_correlation=thresholds.min_thumb_correlation,
+    )[:2]:
         if attempt(alignment):
             return tried
 
@@ -216,8 +221,14 @@ def measure(
     mirrors = (False, True) if exhaustive or thumbs_look_mirrored(thumb_a, thumb_b) else (False,)
     for mirrored in mirrors:
         features_b = orb_features(mirror(b) if mirrored else b, count=thresholds.orb_features)
-        found = _by_features(features_a, features_b, mirrored, thresholds)
-        if found is None:
+        found = feature_alignment(
+            features_a,
+            features_b,
+            mirrored=mirrored,
+            ratio=thresholds.ratio,
+            reprojection_px=thresholds.reprojection_px,
+        )
+        if found is None or found.inliers < thresholds.min_inliers:
             continue
         if attempt(found):
             return tried
@@ -226,40 +237,6 @@ def measure(
             # cannot relate them as well, and its features would cost as much again.
             break
     return tried
-
-
-def _whole_frame(
-    thumb_a: Thumb,
-    size_a: tuple[int, ...],
-    thumb_b: Thumb,
-    size_b: tuple[int, ...],
-    thresholds: VerifyThresholds,
-) -> list[Alignment]:
-    """The (at most two) whole-frame variants worth comparing pixel by pixel."""
-    return dihedral_alignments(
-        thumb_a,
-        size_a,
-        thumb_b,
-        size_b,
-        max_aspect_error=thresholds.max_aspect_error,
-        min_correlation=thresholds.min_thumb_correlation,
-    )[:2]
-
-
-def _by_features(
-    features_a: Features, features_b: Features, mirrored: bool, thresholds: VerifyThresholds
-) -> Alignment | None:
-    """The feature alignment of the pair, or None when it has too few inliers to count."""
-    found = feature_alignment(
-        features_a,
-        features_b,
-        mirrored=mirrored,
-        ratio=thresholds.ratio,
-        reprojection_px=thresholds.reprojection_px,
-    )
-    if found is None or found.inliers < thresholds.min_inliers:
-        return None
-    return found
 
 
 def verify(a: Image, b: Image, thresholds: VerifyThresholds = VerifyThresholds()) -> Verification:
