@@ -160,7 +160,7 @@ def _fill_frame(
         if mask[y + 1, x + 1] or not colours[region[y, x]]:
             continue
         cv2.floodFill(region, mask, (x, y), 0, tolerance, tolerance, flags)
-    unfilled = np.where(mask[1:-1, 1:-1] == 255, 0, 255).astype(np.uint8)
+    unfilled = (mask[1:-1, 1:-1] != 255).view(np.uint8) * np.uint8(255)
     return np.asarray(
         cv2.morphologyEx(unfilled, cv2.MORPH_OPEN, np.ones((_OPEN, _OPEN), np.uint8)), np.uint8
     )
@@ -168,12 +168,18 @@ def _fill_frame(
 
 def _rectangle(left: Image) -> tuple[int, int, int, int] | None:
     """The largest part left, as x, y, width, height, if it is a solid rectangle."""
-    count, labels, stats, _centroids = cv2.connectedComponentsWithStats(left, connectivity=4)
+    # Labels without OpenCV's statistics, which take four times as long as the labelling:
+    # only the largest part's area and box are needed.
+    count, labels = cv2.connectedComponents(left, connectivity=4)
     if count < 2:
         return None
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, bw, bh, _area = (int(v) for v in stats[largest])
-    part = labels[y : y + bh, x : x + bw] == largest
+    areas = np.bincount(labels.ravel(), minlength=count)
+    largest = 1 + int(np.argmax(areas[1:]))
+    whole = labels == largest
+    rows, cols = np.flatnonzero(whole.any(axis=1)), np.flatnonzero(whole.any(axis=0))
+    x, y = int(cols[0]), int(rows[0])
+    bw, bh = int(cols[-1]) + 1 - x, int(rows[-1]) + 1 - y
+    part = whole[y : y + bh, x : x + bw]
     # A photo's edges are straight (see ``_trim``); a round or ragged shape on a flat ground
     # (a planet in a black sky, a tree against a clear one) has none.
     rows, cols = part.mean(axis=1), part.mean(axis=0)
