@@ -1,7 +1,7 @@
 """Thread counts of the numerical libraries, fixed before they are loaded.
 
-OpenBLAS, OpenMP and MKL start one thread per core the first time they run, and OpenBLAS's
-threads spin while they wait for work. The matrix products of this program are small (one
+OpenBLAS, OpenMP, MKL and OpenCV start one thread per core the first time they run, and
+OpenBLAS's threads spin while they wait for work. The matrix products of this program are small (one
 query against a few thousand vectors, least squares on a few hundred points): threads never
 pay for themselves, and on a two-core NAS a spinning one takes a core from the analysis
 workers. The libraries read these variables once, when they load.
@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import os
 
-_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_VARIABLES = (
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    # OpenCV's own pool: the daemon matches glances' features with it, and splitting a
+    # half-millisecond product over both cores costs more than it saves.
+    "OPENCV_FOR_THREADS_NUM",
+)
 
 
 def limit_math_threads(threads: int) -> None:
