@@ -23,9 +23,16 @@ from skimage import data
 from test_accuracy import EDITS, ORIGINALS, crop, moved_subject_frames, resize, write
 
 from dupwatch import candidates
+from dupwatch.alignment import dihedral_alignments
 from dupwatch.config import Config
 from dupwatch.framing import photo_inside
-from dupwatch.glance import SPARSE_KEYPOINTS, Glance, turned_down
+from dupwatch.glance import (
+    MAX_ASPECT_ERROR,
+    SPARSE_KEYPOINTS,
+    WHOLE_FRAME_CORRELATION,
+    Glance,
+    turned_down,
+)
 from dupwatch.records import Tier
 from dupwatch.runtime import Services, open_services
 
@@ -114,6 +121,54 @@ def test_different_photos_are_turned_down() -> None:
         for known, (g_known, _) in glances.items():
             if new != known:
                 assert turned_down(g_new, g_known, mirror_new) is not None, (new, known)  # type: ignore[arg-type]
+
+
+def lit(grey: NDArray[np.floating[Any]], base: float = 30, glow: float = 180) -> Image:
+    """``grey`` (centred on 0) over one glow: photos of one kind share such a layout (a star
+    field round its galaxy, a seascape's bright horizon)."""
+    h, w = grey.shape
+    y, x = np.mgrid[0:h, 0:w]
+    shape = np.exp(-(((x - w / 2) / (w / 3)) ** 2 + ((y - h / 2) / (h / 3)) ** 2))
+    level = np.clip(base + glow * shape + grey, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.dstack([level] * 3))
+
+
+def layouts_alike(a: Glance, b: Glance) -> bool:
+    thumb_a, thumb_b = (g.thumb.astype(np.float32) for g in (a, b))
+    found = dihedral_alignments(
+        thumb_a,
+        a.size,
+        thumb_b,
+        b.size,
+        max_aspect_error=MAX_ASPECT_ERROR,
+        min_correlation=WHOLE_FRAME_CORRELATION,
+    )
+    return bool(found)
+
+
+@pytest.mark.parametrize("texture", ["grass", "brick"])
+def test_photos_of_one_kind_are_turned_down(texture: str) -> None:
+    # Two parts of one texture photo under the same glow: alike in layout, not in detail.
+    grey = getattr(data, texture)().astype(np.float32)
+    h, w = grey.shape
+    grey = 0.5 * (grey - grey.mean())
+    first, second = lit(grey[: h // 2, : w // 2]), lit(grey[h // 2 :, w // 2 :])
+    (g_first, _), (g_second, mirror_second) = glance(first), glance(second)
+    assert layouts_alike(g_second, g_first)
+    assert turned_down(g_second, g_first, mirror_second) is not None  # type: ignore[arg-type]
+    # ...while a copy of one, at a quarter of its size, keeps its detail and is verified.
+    g_copy, mirror_copy = glance(resize(first, 0.25))
+    assert turned_down(g_copy, g_first, mirror_copy) is None  # type: ignore[arg-type]
+
+
+def test_a_copy_of_a_plain_picture_is_left_to_verification() -> None:
+    # A clear sky: what detail its thumbnail has is noise that re-encoding replaces, so
+    # its layout alone must send a copy on.
+    rng = np.random.default_rng(5)
+    sky = lit(rng.normal(0.0, 1.0, (384, 512)), base=110, glow=20)
+    copy = jpeg(sky, 40)
+    (g_sky, _), (g_copy, mirror_copy) = glance(sky), glance(copy)
+    assert turned_down(g_copy, g_sky, mirror_copy) is None  # type: ignore[arg-type]
 
 
 def test_a_burst_neighbour_is_left_to_verification() -> None:

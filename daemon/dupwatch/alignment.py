@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -94,6 +95,25 @@ def _dihedral_matrix(k: int, width: int, height: int, sx: float, sy: float) -> M
     return np.asarray((scale @ np.vstack([rot, [0.0, 0.0, 1.0]]))[:2], dtype=np.float64)
 
 
+def dihedral_variants(
+    size_a: tuple[int, ...],
+    thumb_b: Thumb,
+    size_b: tuple[int, ...],
+    *,
+    max_aspect_error: float,
+) -> Iterator[tuple[Thumb, bool, int]]:
+    """The dihedral variants of thumbnail ``b`` whose image has the aspect ratio of an image
+    ``a``, from the images' (height, width): each as (variant, mirrored, ``np.rot90`` turns)."""
+    ha, wa = size_a[:2]
+    hb, wb = size_b[:2]
+    for mirrored in (False, True):
+        tb = thumb_b[:, ::-1] if mirrored else thumb_b
+        for k in range(4):
+            rw, rh = (wb, hb) if k % 2 == 0 else (hb, wb)
+            if abs(math.log((wa / ha) / (rw / rh))) <= max_aspect_error:
+                yield np.rot90(tb, k), mirrored, k
+
+
 def dihedral_alignments(
     thumb_a: Thumb,
     size_a: tuple[int, ...],
@@ -114,17 +134,17 @@ def dihedral_alignments(
     ha, wa = size_a[:2]
     hb, wb = size_b[:2]
     found: list[Alignment] = []
-    for mirrored in (False, True):
-        tb = thumb_b[:, ::-1] if mirrored else thumb_b
-        for k in range(4):
-            rw, rh = (wb, hb) if k % 2 == 0 else (hb, wb)
-            if abs(math.log((wa / ha) / (rw / rh))) > max_aspect_error:
-                continue
-            corr = _correlation(thumb_a, np.rot90(tb, k))
-            if corr < min_correlation:
-                continue
-            matrix = _dihedral_matrix(k, wb, hb, wa / rw, ha / rh)
-            found.append(Alignment(matrix, mirrored, "dihedral", 0, 0, corr))
+    centred_a, centred_b = Centred.of(thumb_a), Centred.of(thumb_b)
+    variants = dihedral_variants(
+        size_a, centred_b.values, size_b, max_aspect_error=max_aspect_error
+    )
+    for variant, mirrored, k in variants:
+        corr = centred_a.correlation(centred_b.turned(variant))
+        if corr < min_correlation:
+            continue
+        rw, rh = (wb, hb) if k % 2 == 0 else (hb, wb)
+        matrix = _dihedral_matrix(k, wb, hb, wa / rw, ha / rh)
+        found.append(Alignment(matrix, mirrored, "dihedral", 0, 0, corr))
     found.sort(key=lambda al: -al.correlation)
     return found
 
@@ -137,10 +157,12 @@ def thumbs_look_mirrored(thumb_a: Thumb, thumb_b: Thumb) -> bool:
     resembles its original far more mirrored than not.
     """
 
-    def best(tb: Thumb) -> float:
-        return max(_correlation(thumb_a, np.rot90(tb, k)) for k in range(4))
+    centred_a, centred_b = Centred.of(thumb_a), Centred.of(thumb_b)
 
-    return best(thumb_b[:, ::-1]) > best(thumb_b)
+    def best(tb: Thumb) -> float:
+        return max(centred_a.correlation(centred_b.turned(np.rot90(tb, k))) for k in range(4))
+
+    return best(centred_b.values[:, ::-1]) > best(centred_b.values)
 
 
 def thumbnail(image: Image) -> Thumb:
@@ -152,13 +174,36 @@ def _thumb(g: Image) -> Thumb:
     return cv2.resize(g, (_THUMB, _THUMB), interpolation=cv2.INTER_AREA).astype(np.float32)
 
 
-def _correlation(x: NDArray[np.float32], y: NDArray[np.float32]) -> float:
-    xc = x - x.mean()
-    yc = y - y.mean()
-    denom = math.sqrt(float((xc * xc).sum()) * float((yc * yc).sum()))
-    if denom < 1e-6:
-        return 0.0
-    return float((xc * yc).sum()) / denom
+def correlation(x: NDArray[np.float32], y: NDArray[np.float32]) -> float:
+    """Pearson correlation of two arrays of one shape (0 when either is constant)."""
+    return Centred.of(x).correlation(Centred.of(y))
+
+
+@dataclass(frozen=True, slots=True)
+class Centred:
+    """An array less its mean, and its norm: correlations with it are products and sums.
+
+    Turning or mirroring a centred thumbnail keeps it centred with the same norm, so one
+    thumbnail is correlated under all eight dihedral variants at a product each.
+    """
+
+    values: NDArray[np.float32]
+    norm: float
+
+    @classmethod
+    def of(cls, x: NDArray[np.float32]) -> Centred:
+        values = x - x.mean()
+        return cls(values, math.sqrt(float((values * values).sum())))
+
+    def turned(self, values: NDArray[np.float32]) -> Centred:
+        """A dihedral variant of ``values`` (this one's, turned or mirrored)."""
+        return Centred(values, self.norm)
+
+    def correlation(self, other: Centred) -> float:
+        denom = self.norm * other.norm
+        if denom < 1e-6:
+            return 0.0
+        return float((self.values * other.values).sum()) / denom
 
 
 @dataclass(frozen=True, slots=True)
