@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -95,23 +94,41 @@ def _dihedral_matrix(k: int, width: int, height: int, sx: float, sy: float) -> M
     return np.asarray((scale @ np.vstack([rot, [0.0, 0.0, 1.0]]))[:2], dtype=np.float64)
 
 
-def dihedral_variants(
-    size_a: tuple[int, ...],
-    thumb_b: Thumb,
-    size_b: tuple[int, ...],
-    *,
-    max_aspect_error: float,
-) -> Iterator[tuple[Thumb, bool, int]]:
-    """The dihedral variants of thumbnail ``b`` whose image has the aspect ratio of an image
-    ``a``, from the images' (height, width): each as (variant, mirrored, ``np.rot90`` turns)."""
+def dihedral_correlations(thumb_a: Thumb, thumb_b: Thumb) -> NDArray[np.float64]:
+    """The correlation of square thumbnail ``a`` with each dihedral variant of square thumbnail
+    ``b``, at index ``4 * mirrored + turns`` (``b`` flipped left to right first when mirrored,
+    then ``np.rot90`` by ``turns``); all 0 when either is plain.
+
+    One product with the eight variants stacked: a pair's whole-frame and mirror tests read the
+    same eight numbers.
+    """
+    a = thumb_a - thumb_a.mean()
+    b = thumb_b - thumb_b.mean()
+    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    if denom < 1e-6:
+        return np.zeros(8)
+    variants = np.stack([np.rot90(t, k) for t in (b, b[:, ::-1]) for k in range(4)])
+    return np.asarray(variants.reshape(8, -1) @ a.ravel(), np.float64) / denom
+
+
+def variant_fits(
+    size_a: tuple[int, ...], size_b: tuple[int, ...], *, max_aspect_error: float
+) -> list[int]:
+    """The dihedral variants (indices as ``dihedral_correlations``') that give image ``b``
+    the aspect ratio of image ``a``, from their (height, width)."""
     ha, wa = size_a[:2]
     hb, wb = size_b[:2]
-    for mirrored in (False, True):
-        tb = thumb_b[:, ::-1] if mirrored else thumb_b
-        for k in range(4):
-            rw, rh = (wb, hb) if k % 2 == 0 else (hb, wb)
-            if abs(math.log((wa / ha) / (rw / rh))) <= max_aspect_error:
-                yield np.rot90(tb, k), mirrored, k
+    fits = []
+    for index in range(8):
+        rw, rh = (wb, hb) if index % 2 == 0 else (hb, wb)
+        if abs(math.log((wa / ha) / (rw / rh))) <= max_aspect_error:
+            fits.append(index)
+    return fits
+
+
+def variant(thumb: Thumb, index: int) -> Thumb:
+    """Dihedral variant ``index`` (as ``dihedral_correlations``') of ``thumb``."""
+    return np.rot90(thumb[:, ::-1] if index >= 4 else thumb, index % 4)
 
 
 def dihedral_alignments(
@@ -133,36 +150,33 @@ def dihedral_alignments(
     """
     ha, wa = size_a[:2]
     hb, wb = size_b[:2]
+    correlations = dihedral_correlations(thumb_a, thumb_b)
     found: list[Alignment] = []
-    centred_a, centred_b = Centred.of(thumb_a), Centred.of(thumb_b)
-    variants = dihedral_variants(
-        size_a, centred_b.values, size_b, max_aspect_error=max_aspect_error
-    )
-    for variant, mirrored, k in variants:
-        corr = centred_a.correlation(centred_b.turned(variant))
+    for index in variant_fits(size_a, size_b, max_aspect_error=max_aspect_error):
+        corr = float(correlations[index])
         if corr < min_correlation:
             continue
+        k = index % 4
         rw, rh = (wb, hb) if k % 2 == 0 else (hb, wb)
         matrix = _dihedral_matrix(k, wb, hb, wa / rw, ha / rh)
-        found.append(Alignment(matrix, mirrored, "dihedral", 0, 0, corr))
+        found.append(Alignment(matrix, index >= 4, "dihedral", 0, 0, corr))
     found.sort(key=lambda al: -al.correlation)
     return found
 
 
 def thumbs_look_mirrored(thumb_a: Thumb, thumb_b: Thumb) -> bool:
     """Whether mirrored image ``b`` looks more like image ``a`` than ``b`` as it is, turned
-    either way, from their thumbnails.
+    either way, from their thumbnails (see ``looks_mirrored``)."""
+    return looks_mirrored(dihedral_correlations(thumb_a, thumb_b))
+
+
+def looks_mirrored(correlations: NDArray[np.float64]) -> bool:
+    """Whether the mirrored variants (``dihedral_correlations``) beat the others.
 
     Thumbnails are squashed to a square, so a crop or a bar changes little; a mirrored copy
     resembles its original far more mirrored than not.
     """
-
-    centred_a, centred_b = Centred.of(thumb_a), Centred.of(thumb_b)
-
-    def best(tb: Thumb) -> float:
-        return max(centred_a.correlation(centred_b.turned(np.rot90(tb, k))) for k in range(4))
-
-    return best(centred_b.values[:, ::-1]) > best(centred_b.values)
+    return float(correlations[4:].max()) > float(correlations[:4].max())
 
 
 def thumbnail(image: Image) -> Thumb:
@@ -176,34 +190,12 @@ def _thumb(g: Image) -> Thumb:
 
 def correlation(x: NDArray[np.float32], y: NDArray[np.float32]) -> float:
     """Pearson correlation of two arrays of one shape (0 when either is constant)."""
-    return Centred.of(x).correlation(Centred.of(y))
-
-
-@dataclass(frozen=True, slots=True)
-class Centred:
-    """An array less its mean, and its norm: correlations with it are products and sums.
-
-    Turning or mirroring a centred thumbnail keeps it centred with the same norm, so one
-    thumbnail is correlated under all eight dihedral variants at a product each.
-    """
-
-    values: NDArray[np.float32]
-    norm: float
-
-    @classmethod
-    def of(cls, x: NDArray[np.float32]) -> Centred:
-        values = x - x.mean()
-        return cls(values, math.sqrt(float((values * values).sum())))
-
-    def turned(self, values: NDArray[np.float32]) -> Centred:
-        """A dihedral variant of ``values`` (this one's, turned or mirrored)."""
-        return Centred(values, self.norm)
-
-    def correlation(self, other: Centred) -> float:
-        denom = self.norm * other.norm
-        if denom < 1e-6:
-            return 0.0
-        return float((self.values * other.values).sum()) / denom
+    xc = x - x.mean()
+    yc = y - y.mean()
+    denom = math.sqrt(float((xc * xc).sum()) * float((yc * yc).sum()))
+    if denom < 1e-6:
+        return 0.0
+    return float((xc * yc).sum()) / denom
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,10 @@ photo of the same kind), and verifying one costs a decode of the known file and 
 detections at working size. A glance is made once per photo when it is fingerprinted and kept
 in the store (12-22 KB): its size and content box, a 64 x 64 grey thumbnail and ORB features
 at 256 pixels. Two glances settle a pair as *not* a copy when no whole-frame variant looks alike
-(in layout and in detail) and no features line up on most of either picture; anything else goes to full verification,
-which alone can say "the same photo". A glance never confirms a pair, so it cannot add a false
-duplicate; it is tuned so that every copy of the accuracy benchmark still reaches verification
-(bench/RESULTS.md, "Verification cost").
+(in layout and in detail) and no features line up on most of either picture; anything else
+goes to full verification, which alone can say "the same photo". A glance never confirms a
+pair, so it cannot add a false duplicate; it is tuned so that every copy of the accuracy
+benchmark still reaches verification (bench/RESULTS.md, "Verification cost").
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from numpy.typing import NDArray
 
 from dupwatch.agreement import Box, content_box, overlap
 from dupwatch.alignment import (
-    Centred,
     Features,
     Thumb,
     correlation,
-    dihedral_variants,
+    dihedral_correlations,
     gray,
-    thumbs_look_mirrored,
+    looks_mirrored,
+    variant,
+    variant_fits,
 )
 from dupwatch.verify import Verification
 
@@ -166,10 +167,11 @@ def turned_down(
     """
     if new.framed or known.framed:
         return None
-    if _alike_whole_frame(new, known):
+    correlations = dihedral_correlations(_thumb(known), _thumb(new))
+    if _alike_whole_frame(new, known, correlations):
         return None
     attempts = [_aligned(new.features, new.box, new, known)]
-    if thumbs_look_mirrored(_thumb(known), _thumb(new)):
+    if looks_mirrored(correlations):
         x0, y0, x1, y1 = new.box
         mirrored_box = (new.size[1] - x1, y0, new.size[1] - x0, y1)
         attempts.append(_aligned(mirrored(), mirrored_box, new, known))
@@ -196,18 +198,15 @@ def _keypoints(features: Features) -> int:
     return 0 if features.descriptors is None else len(features.descriptors)
 
 
-def _alike_whole_frame(new: Glance, known: Glance) -> bool:
+def _alike_whole_frame(new: Glance, known: Glance, correlations: NDArray[np.float64]) -> bool:
     """Whether a dihedral variant of the new thumbnail with the known shape looks like the
-    known one: in its layout and, unless either is plain, in its detail."""
-    known_thumb = _thumb(known)
-    centred_known, centred_new = Centred.of(known_thumb), Centred.of(_thumb(new))
-    variants = dihedral_variants(
-        known.size, centred_new.values, new.size, max_aspect_error=MAX_ASPECT_ERROR
-    )
-    for variant, _mirrored, _turns in variants:
-        if centred_known.correlation(centred_new.turned(variant)) < WHOLE_FRAME_CORRELATION:
+    known one (``correlations`` of the thumbnails): in its layout and, unless either is plain,
+    in its detail."""
+    known_thumb, new_thumb = _thumb(known), _thumb(new)
+    for index in variant_fits(known.size, new.size, max_aspect_error=MAX_ASPECT_ERROR):
+        if correlations[index] < WHOLE_FRAME_CORRELATION:
             continue
-        known_detail, detail = _detail(known_thumb), _detail(variant)
+        known_detail, detail = _detail(known_thumb), _detail(variant(new_thumb, index))
         if min(known_detail.std(), detail.std()) < MIN_DETAIL_SPREAD:
             return True
         if correlation(known_detail, detail) >= MIN_DETAIL_CORRELATION:
