@@ -69,6 +69,12 @@ def test_rotated_or_mirrored_copy_matches_its_dihedral_variant(tmp_path: Path, n
             assert hamming(variants[0], copy) > COPY, label
 
 
+def test_the_first_dihedral_hash_is_the_photo_s_own() -> None:
+    # Fingerprints store it as the photo's hash without computing it twice.
+    for name in PHOTOS:
+        assert dihedral_hashes(photo(name))[0] == perceptual_hash(photo(name))
+
+
 def test_hash_fits_a_signed_sqlite_integer() -> None:
     for name in PHOTOS:
         for value in dihedral_hashes(photo(name)):

@@ -105,7 +105,7 @@ def _fingerprint(
     embedder: Any, file: FileBytes, decode: DecodeConfig, glances: bool
 ) -> Fingerprint:
     from dupwatch.framing import photo_inside
-    from dupwatch.images import decode_image, dihedral_hashes, perceptual_hash
+    from dupwatch.images import decode_image, dihedral_hashes
 
     image: DecodedImage = decode_image(
         file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE
@@ -114,13 +114,14 @@ def _fingerprint(
     inner = photo_inside(image.pixels)
     vectors = embedder.embed([image.pixels] if inner is None else [image.pixels, inner])
     vector = vectors[0]
+    hashes = tuple(dihedral_hashes(image.pixels))  # the first is the image's own
     return Fingerprint(
         format=image.format,
         width=image.width,
         height=image.height,
         meta=image.meta,
-        phash=perceptual_hash(image.pixels),
-        dihedral_hashes=tuple(dihedral_hashes(image.pixels)),
+        phash=hashes[0],
+        dihedral_hashes=hashes,
         vector=np.asarray(vector, dtype=np.float32),
         pixels=image.pixels,
         framed_vector=None if inner is None else np.asarray(vectors[1], dtype=np.float32),
