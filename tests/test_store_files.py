@@ -109,6 +109,14 @@ def test_files_under_lists_only_that_tree_across_pages(store: Store) -> None:
     assert len(list(store.files_under(Path("/")))) == len(inside) + 3
 
 
+def test_records_by_id_in_one_call_skip_ids_that_do_not_exist(store: Store) -> None:
+    ids = [store.upsert_file(Path(f"/p/{i}.jpg"), _stat(i)).id for i in range(1500)]
+    wanted = [*ids[::-1], 10**9]  # across SQLite's page of parameters, and one unknown id
+    found = store.files(wanted)
+    assert set(found) == set(ids)
+    assert all(found[i] == store.file(i) for i in ids[:5] + ids[-5:])
+
+
 def test_exact_matches_are_found_by_sha256_and_status(store: Store) -> None:
     a = store.upsert_file(Path("/p/a.jpg"), _stat(1), sha256="aa")
     b = store.upsert_file(Path("/p/b.jpg"), _stat(2), sha256="aa")

@@ -221,18 +221,21 @@ class CandidateSearch:
     def examine(
         self, fingerprint: Fingerprint, file: FileBytes, known: FileRecord | None
     ) -> list[Pair]:
-        pairs: dict[int, Pair] = {}
         queries = [fingerprint.vector]
         if fingerprint.framed_vector is not None:
             queries.append(fingerprint.framed_vector)  # the photo inside a screenshot's frame
+        similarities: dict[int, float] = {}
         for query in queries:
             for neighbour in self._index.search(query, self._config.index.neighbours):
-                seen = pairs.get(neighbour.file_id)
-                if seen is not None and seen.similarity >= neighbour.similarity:
-                    continue
-                record = self._store.file(neighbour.file_id)
-                if record is not None:
-                    pairs[record.id] = Pair(record, neighbour.similarity)
+                seen = similarities.get(neighbour.file_id)
+                if seen is None or neighbour.similarity > seen:
+                    similarities[neighbour.file_id] = neighbour.similarity
+        records = self._store.files(similarities)
+        pairs = {
+            file_id: Pair(records[file_id], similarity)
+            for file_id, similarity in similarities.items()  # in search order, for ties
+            if file_id in records
+        }
         oriented: dict[int, NDArray[np.float32]] = {}
         for match in self._hashes.near(fingerprint.dihedral_hashes, HASH_CANDIDATE_DISTANCE):
             pair = pairs.get(match.file_id)

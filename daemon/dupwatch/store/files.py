@@ -139,6 +139,19 @@ class FilesMixin(StoreBase):
             row = conn.execute(sql, (file_id,)).fetchone()
         return None if row is None else _file(row)
 
+    def files(self, file_ids: Collection[int]) -> dict[int, FileRecord]:
+        """The records of these ids that exist, by id: one query for a search's neighbours."""
+        ids = list(file_ids)
+        found: dict[int, FileRecord] = {}
+        with self._read() as conn:
+            for start in range(0, len(ids), _PAGE):  # SQLite's limit on parameters
+                page = ids[start : start + _PAGE]
+                sql = f"SELECT {_FILE_COLUMNS} FROM files WHERE id IN ({_in(page)})"
+                for row in conn.execute(sql, page):
+                    record = _file(row)
+                    found[record.id] = record
+        return found
+
     def file_by_path(self, path: Path) -> FileRecord | None:
         with self._read() as conn:
             sql = f"SELECT {_FILE_COLUMNS} FROM files WHERE path = ?"
