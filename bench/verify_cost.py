@@ -90,10 +90,21 @@ def scan(folder: Path, files: list[Path], verify: bool) -> dict[str, float]:
     return {"files": n, "wall": wall, "cpu": cpu, "verified": verified, "in_full": in_full}
 
 
+def _added(total: dict[str, float], more: dict[str, float]) -> dict[str, float]:
+    return {key: total.get(key, 0.0) + value for key, value in more.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--limit", type=int, default=0, help="scan at most N files per folder")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="scan each folder N times each way, off and on in turn, and add them up "
+        "(a folder of a few dozen photos takes under a second of CPU: one scan is noisy)",
+    )
     parser.add_argument("--write", action="store_true", help="rewrite bench/RESULTS.md's section")
     args = parser.parse_args(argv)
     configure_logging("warning", "console", stream=sys.stderr)
@@ -112,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         files = sorted(p for p, _ in walk_files(folder, path_filter, start=folder))
         if args.limit:
             files = files[: args.limit]
-        off = scan(folder, files, verify=False)
-        on = scan(folder, files, verify=True)
+        off: dict[str, float] = {}
+        on: dict[str, float] = {}
+        for _ in range(max(1, args.repeat)):  # in turn, so a change in load touches both
+            off = _added(off, scan(folder, files, verify=False))
+            on = _added(on, scan(folder, files, verify=True))
         for label, r in (("off", off), ("on", on)):
             ratio = (r["files"] / r["cpu"]) / (off["files"] / off["cpu"])
             lines.append(
@@ -126,15 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from results import write_section
 
+        repeated = ""
+        if args.repeat > 1:
+            repeated = f", {args.repeat} times each way in turn (files and figures add them up)"
         body = [
             "## Verification cost",
             "",
             f"Run by `python bench/verify_cost.py {' '.join(str(f) for f in args.folders)}"
-            f"{f' --limit {args.limit}' if args.limit else ''}` on {time.strftime('%Y-%m-%d')}"
+            f"{f' --limit {args.limit}' if args.limit else ''}"
+            f"{f' --repeat {args.repeat}' if args.repeat > 1 else ''}` on"
+            f" {time.strftime('%Y-%m-%d')}"
             f" ({platform.machine()}, 2 cores, quiet machine; CPU figures count this process and"
             " its analysis workers). Each folder"
-            " is scanned in dry-run mode from a fresh state directory, once with no candidate"
-            " verified and once as shipped; the first file warms up and is not counted.",
+            " is scanned in dry-run mode from a fresh state directory, with no candidate"
+            " verified and as shipped"
+            f"{repeated}; the first file of a scan warms up and is not counted.",
             "",
             *lines,
         ]
