@@ -87,6 +87,24 @@ def test_same_capture_time_resaved_copy_is_still_a_duplicate() -> None:
     assert decision.tier is Tier.DUPLICATE
 
 
+def test_a_raw_file_and_the_picture_written_beside_it_are_a_pair_not_duplicates() -> None:
+    # One shot, kept twice on purpose: whichever of the two arrives second.
+    shot = {"camera": "Nikon Z 6", "capture_time": "2024:05:01 10:00:00"}
+    raw, jpeg = facts("IMG_0001.NEF", format="tiff", **shot), facts("IMG_0001.JPG", **shot)
+    for new, known in ((jpeg, raw), (raw, jpeg)):
+        decision = decide(new, [candidate(facts=known, similarity=0.99)], POLICY)
+        assert (decision.tier, decision.action, decision.rule) == (
+            Tier.SIMILAR,
+            Action.LOG,
+            "veto:raw_pair",
+        )
+    # A copy of the picture elsewhere, or in another format that is not raw, is a duplicate.
+    elsewhere = facts("sent/IMG_0001.JPG", **shot)
+    assert decide(elsewhere, [candidate(facts=jpeg)], POLICY).tier is Tier.DUPLICATE
+    png = facts("IMG_0001.png", format="png")
+    assert decide(png, [candidate(facts=jpeg)], POLICY).tier is Tier.DUPLICATE
+
+
 def test_restored_pair_is_never_quarantined_again() -> None:
     decision = decide(facts(), [candidate(exact=True, not_duplicate_verdict=True)], POLICY)
     assert decision.tier is Tier.UNIQUE

@@ -30,7 +30,7 @@ from dupwatch.glance import Glance, turned_down
 from dupwatch.hashindex import HashIndex
 from dupwatch.images import FileBytes, PhotoMeta
 from dupwatch.index import VectorIndex
-from dupwatch.policy import PhotoFacts, camera_times_differ
+from dupwatch.policy import PhotoFacts, veto
 from dupwatch.records import FileStatus, StatKey
 from dupwatch.store import Store
 from dupwatch.store.records import FileRecord
@@ -290,8 +290,8 @@ class CandidateSearch:
             for pair, verification in zip(chosen, pending, strict=True):
                 self._take_verification(pair, verification)
                 # One confirmed original is enough; a vetoed one (a burst neighbour) is not.
-                if pair.verified and not camera_times_differ(
-                    new_facts, facts_of(pair.record, pair.meta)
+                if pair.verified and not veto(
+                    new_facts, facts_of(pair.record, pair.meta), self._config.policy
                 ):
                     break
         finally:

@@ -14,6 +14,12 @@ from pathlib import Path
 from dupwatch.config import PolicyConfig
 from dupwatch.records import Action, Tier
 
+# Raw camera formats (read only if the owner adds them to the watched extensions).
+RAW_SUFFIXES = frozenset(
+    {".3fr", ".arw", ".cr2", ".cr3", ".dng", ".erf", ".iiq", ".kdc", ".mrw", ".nef", ".nrw"}
+    | {".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f"}
+)
+
 # Richer formats keep more of the photo: lossless or high-efficiency originals beat JPEG, which
 # beats the formats messengers and screenshots produce.
 _FORMAT_RANK = {"tiff": 5, "png": 4, "heif": 4, "webp": 2, "jpeg": 2, "bmp": 1, "gif": 0}
@@ -93,6 +99,24 @@ def camera_times_differ(a: PhotoFacts, b: PhotoFacts) -> bool:
     return a.camera == b.camera and a.capture_time != b.capture_time
 
 
+def raw_pair(a: PhotoFacts, b: PhotoFacts) -> bool:
+    """A camera's raw file and the picture it wrote beside it (IMG_0001.CR2 and IMG_0001.JPG):
+    one shot kept twice on purpose, a pair and not duplicates. Same folder, same name, one of
+    them raw."""
+    if a.path.parent != b.path.parent or a.path.stem.casefold() != b.path.stem.casefold():
+        return False
+    return (a.path.suffix.lower() in RAW_SUFFIXES) != (b.path.suffix.lower() in RAW_SUFFIXES)
+
+
+def veto(new: PhotoFacts, known: PhotoFacts, policy: PolicyConfig) -> str | None:
+    """The rule that keeps two verified-alike files from being duplicates, if one does."""
+    if raw_pair(new, known):
+        return "veto:raw_pair"
+    if policy.camera_time_veto and camera_times_differ(new, known):
+        return "veto:camera_time"
+    return None
+
+
 def _action_for(tier: Tier, policy: PolicyConfig) -> Action:
     if tier is Tier.EXACT:
         return Action(policy.exact_action)
@@ -121,15 +145,16 @@ def decide(new: PhotoFacts, candidates: Sequence[Candidate], policy: PolicyConfi
     if exact:
         return _with_keeper(Tier.EXACT, "sha256", new, exact[0], policy)
 
-    vetoed = False
+    vetoed: str | None = None
     duplicates = []
     for candidate in eligible:
         if not candidate.verified:
             continue
         if candidate.similarity < policy.candidate_threshold and not candidate.hash_near:
             continue
-        if policy.camera_time_veto and camera_times_differ(new, candidate.facts):
-            vetoed = True
+        rule = veto(new, candidate.facts, policy)
+        if rule is not None:
+            vetoed = vetoed or rule
             continue
         duplicates.append(candidate)
     if duplicates:
@@ -138,7 +163,6 @@ def decide(new: PhotoFacts, candidates: Sequence[Candidate], policy: PolicyConfi
 
     closest = max(eligible, key=lambda c: c.similarity, default=None)
     if closest is not None and (closest.similarity >= policy.similar_threshold or vetoed):
-        rule = "veto:camera_time" if vetoed else "similarity"
-        return Decision(Tier.SIMILAR, Action.LOG, rule, closest)
+        return Decision(Tier.SIMILAR, Action.LOG, vetoed or "similarity", closest)
     rule = "verdict:not_duplicate" if remembered else "no_match"
     return Decision(Tier.UNIQUE, Action.NONE, rule, closest)
