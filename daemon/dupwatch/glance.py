@@ -167,8 +167,9 @@ def turned_down(
     """
     if new.framed or known.framed:
         return None
-    correlations = dihedral_correlations(_thumb(known), _thumb(new))
-    if _alike_whole_frame(new, known, correlations):
+    known_thumb, new_thumb = _thumb(known), _thumb(new)
+    correlations = dihedral_correlations(known_thumb, new_thumb)
+    if _alike_whole_frame(known_thumb, new_thumb, known.size, new.size, correlations):
         return None
     attempts = [_aligned(new.features, new.box, new, known)]
     if looks_mirrored(correlations):
@@ -198,15 +199,23 @@ def _keypoints(features: Features) -> int:
     return 0 if features.descriptors is None else len(features.descriptors)
 
 
-def _alike_whole_frame(new: Glance, known: Glance, correlations: NDArray[np.float64]) -> bool:
+def _alike_whole_frame(
+    known_thumb: Thumb,
+    new_thumb: Thumb,
+    known_size: tuple[int, int],
+    new_size: tuple[int, int],
+    correlations: NDArray[np.float64],
+) -> bool:
     """Whether a dihedral variant of the new thumbnail with the known shape looks like the
     known one (``correlations`` of the thumbnails): in its layout and, unless either is plain,
     in its detail."""
-    known_thumb, new_thumb = _thumb(known), _thumb(new)
-    for index in variant_fits(known.size, new.size, max_aspect_error=MAX_ASPECT_ERROR):
+    known_detail: Thumb | None = None
+    for index in variant_fits(known_size, new_size, max_aspect_error=MAX_ASPECT_ERROR):
         if correlations[index] < WHOLE_FRAME_CORRELATION:
             continue
-        known_detail, detail = _detail(known_thumb), _detail(variant(new_thumb, index))
+        if known_detail is None:  # made for the rare pair whose layouts match
+            known_detail = _detail(known_thumb)
+        detail = _detail(variant(new_thumb, index))
         if min(known_detail.std(), detail.std()) < MIN_DETAIL_SPREAD:
             return True
         if correlation(known_detail, detail) >= MIN_DETAIL_CORRELATION:

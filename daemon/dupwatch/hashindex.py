@@ -69,7 +69,7 @@ class HashIndex:
             self._alive = np.concatenate([self._alive, np.zeros_like(self._alive)])
         end = self._size
         for array in (self._ids, self._hashes, self._alive):
-            array[slot + 1 : end + 1] = array[slot:end].copy()
+            array[slot + 1 : end + 1] = array[slot:end]  # numpy copies overlaps safely
         self._ids[slot] = file_id
         self._alive[slot] = False
         self._size += 1
