@@ -119,6 +119,20 @@ def test_rejection_of_prefetched_bytes_is_raised_for_those_bytes(
         pool.fingerprint(read_file(path))
 
 
+def test_look_ahead_never_follows_a_symbolic_link(pool: AnalysisPool, tmp_path: Path) -> None:
+    # The worker reads a look-ahead file itself, under the rules the daemon reads by: a link
+    # to a photo is not the photo, so no fingerprint is made ahead for it.
+    photo = write_jpeg(tmp_path / "photo.jpg", data.coffee())
+    link = tmp_path / "link.jpg"
+    link.symlink_to(photo)
+    claimed = dataclasses.replace(read_file(photo), path=link, data=b"not an image at all")
+    for attempt in range(1, 6):
+        pool.prefetch(link)
+        time.sleep(0.1 * attempt)
+        with pytest.raises(NotAnImage):
+            pool.fingerprint(claimed)
+
+
 def test_forgotten_prefetches_leave_nothing_behind(pool: AnalysisPool, tmp_path: Path) -> None:
     paths = [write_jpeg(tmp_path / f"{i}.jpg", data.astronaut()[i * 40 :]) for i in range(5)]
     for path in paths:

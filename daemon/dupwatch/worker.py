@@ -137,8 +137,14 @@ _KNOWN_CACHE: OrderedDict[tuple[str, int, int, int], tuple[NDArray[np.uint8], Ph
 _KNOWN_CACHE_SIZE = 32
 
 
+def _read(path: Path, decode: DecodeConfig) -> FileBytes:
+    from dupwatch.images import read_file
+
+    return read_file(path, max_file_bytes=decode.max_file_mib * 2**20)
+
+
 def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], PhotoMeta]:
-    from dupwatch.images import decode_image, read_file
+    from dupwatch.images import decode_image
 
     try:
         st = path.lstat()
@@ -148,7 +154,7 @@ def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], 
     if key is not None and key in _KNOWN_CACHE:
         _KNOWN_CACHE.move_to_end(key)
         return _KNOWN_CACHE[key]
-    file = read_file(path, max_file_bytes=decode.max_file_mib * 2**20)
+    file = _read(path, decode)
     known = decode_image(file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE)
     if key is not None:
         _KNOWN_CACHE[key] = (known.pixels, known.meta)
@@ -215,6 +221,9 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
     conn.send(("ready", embedder.model_id))
+    # A file read here for a look-ahead fingerprint, between its "read" and "fingerprint_read"
+    # requests: reading it here spares the daemon reading it twice and sending it over.
+    held: FileBytes | None = None
     while True:
         try:
             request = conn.recv()
@@ -222,8 +231,17 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
             return
         kind = request[0]
         try:
-            if kind == "fingerprint":
-                reply: Any = _fingerprint(embedder, request[1], settings.decode, settings.glances)
+            if kind == "read":
+                held = None
+                held = _read(request[1], settings.decode)
+                reply: Any = held.sha256
+            elif kind == "fingerprint_read":
+                file, held = held, None
+                if file is None or file.path != request[1]:
+                    raise ValueError("fingerprint_read without a read of that file before it")
+                reply = _fingerprint(embedder, file, settings.decode, settings.glances)
+            elif kind == "fingerprint":
+                reply = _fingerprint(embedder, request[1], settings.decode, settings.glances)
             elif kind == "verify":
                 _, pixels, known_path, framed, glance_known = request
                 reply = _verify_known(pixels, known_path, settings.decode, framed, glance_known)
@@ -343,6 +361,20 @@ class AnalysisWorker:
 
     def fingerprint(self, file: FileBytes) -> Fingerprint:
         result: Fingerprint = self._call(("fingerprint", file), file.path)
+        return result
+
+    def read(self, path: Path) -> str:
+        """Have the worker read ``path`` and hold its bytes; their SHA-256.
+
+        Raises what ``read_file`` raises. The bytes are held for ``fingerprint_read``, the
+        next request: a look-ahead fingerprint needs its digest before its result.
+        """
+        result: str = self._call(("read", path), path)
+        return result
+
+    def fingerprint_read(self, path: Path) -> Fingerprint:
+        """The fingerprint of the bytes of ``path`` that ``read`` just took."""
+        result: Fingerprint = self._call(("fingerprint_read", path), path)
         return result
 
     def verify(

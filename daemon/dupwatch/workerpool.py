@@ -26,7 +26,7 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from dupwatch.images import FileBytes, read_file
+from dupwatch.images import FileBytes
 from dupwatch.worker import AnalysisWorker, Fingerprint, Verified, WorkerSettings
 
 log = structlog.get_logger(__name__)
@@ -256,16 +256,17 @@ class AnalysisPool:
             if path in self._prefetched or len(self._prefetched) >= MAX_PREFETCHED:
                 return
             sha256: Future[str] = Future()
-            max_bytes = self._settings.decode.max_file_mib * 2**20
 
+            # Read by the worker itself: the bytes need not cross the pipe, and the daemon
+            # reads each file once (for the decision), not twice.
             def run(worker: AnalysisWorker) -> Fingerprint:
                 try:
-                    file = read_file(path, max_file_bytes=max_bytes)
+                    digest = worker.read(path)
                 except BaseException as exc:
                     sha256.set_exception(exc)
                     raise
-                sha256.set_result(file.sha256)
-                return worker.fingerprint(file)
+                sha256.set_result(digest)
+                return worker.fingerprint_read(path)
 
             self._prefetched[path] = _Prefetched(sha256, self._submit(_AHEAD, run))
 
