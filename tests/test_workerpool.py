@@ -19,7 +19,7 @@ from skimage import data
 from dupwatch.config import Config
 from dupwatch.errors import NotAnImage
 from dupwatch.images import read_file
-from dupwatch.worker import WORKER_NICENESS, WorkerSettings
+from dupwatch.worker import WORKER_NICENESS, Fingerprint, WorkerSettings
 from dupwatch.workerpool import (
     _AHEAD,
     _URGENT,
@@ -175,10 +175,10 @@ def test_look_ahead_work_always_leaves_a_worker_for_the_file_being_decided() -> 
     ahead = [_Task(_AHEAD, n, _stop, Future()) for n in range(3)]
     for task in ahead:
         schedule.put(task)
-    first = schedule.take()
+    first = schedule.take(0)
     assert first is ahead[0]
     taken: list[_Task] = []
-    waiter = threading.Thread(target=lambda: taken.append(schedule.take()), daemon=True)
+    waiter = threading.Thread(target=lambda: taken.append(schedule.take(0)), daemon=True)
     waiter.start()
     try:
         waiter.join(timeout=0.3)
@@ -189,7 +189,63 @@ def test_look_ahead_work_always_leaves_a_worker_for_the_file_being_decided() -> 
         assert taken == [urgent]  # ... while a request for the current file runs at once
         schedule.finished(urgent)
         schedule.finished(first)
-        assert schedule.take() is ahead[1]  # and look-ahead resumes when the first is done
+        assert schedule.take(0) is ahead[1]  # and look-ahead resumes when the first is done
     finally:
         schedule.put(_Task(2, 99, _stop, Future()))
         waiter.join(timeout=10)
+
+
+def _stale(fingerprint: Fingerprint) -> Fingerprint:
+    """The fingerprint as a restarted worker would see it: its pixels are gone."""
+    return dataclasses.replace(
+        fingerprint, pixels=dataclasses.replace(fingerprint.pixels, process=0)
+    )
+
+
+def test_verification_uses_the_held_pixels_or_else_decodes_the_bytes_again(
+    pool: AnalysisPool, tmp_path: Path
+) -> None:
+    original = write_jpeg(tmp_path / "original.jpg", data.coffee())
+    smaller = cv2.resize(data.coffee(), (300, 200), interpolation=cv2.INTER_AREA)
+    copy = read_file(write_jpeg(tmp_path / "copy.jpg", smaller))
+    other = read_file(write_jpeg(tmp_path / "other.jpg", data.astronaut()))
+    for file, same in ((copy, True), (other, False)):
+        fingerprint = pool.fingerprint(file)
+        held = pool.verify_later(fingerprint, file, original).result(timeout=60)
+        again = pool.verify_later(_stale(fingerprint), file, original).result(timeout=60)
+        assert held.verification.same is same
+        assert again.verification == held.verification
+
+
+def test_a_turned_embedding_uses_the_held_pixels_or_else_the_bytes(
+    pool: AnalysisPool, tmp_path: Path
+) -> None:
+    # A PNG of 512 px is decoded to exactly its pixels: the turned image is known exactly.
+    path = tmp_path / "astronaut.png"
+    assert cv2.imwrite(str(path), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    turned = tmp_path / "turned.png"
+    turned_rgb = np.ascontiguousarray(np.rot90(data.astronaut(), 1))
+    assert cv2.imwrite(str(turned), cv2.cvtColor(turned_rgb, cv2.COLOR_RGB2BGR))
+    file = read_file(path)
+    fingerprint = pool.fingerprint(file)
+    expected = pool.fingerprint(read_file(turned)).vector
+    assert cosine(pool.embed_variant(fingerprint, file, 1), expected) > 0.9999
+    assert cosine(pool.embed_variant(_stale(fingerprint), file, 1), expected) > 0.9999
+    assert cosine(fingerprint.vector, expected) < 0.99  # turning it does change the vector
+
+
+def test_fingerprint_carries_the_glance_features_of_the_mirrored_image(
+    pool: AnalysisPool, tmp_path: Path
+) -> None:
+    file = read_file(write_jpeg(tmp_path / "photo.jpg", data.coffee()))
+    fingerprint = pool.fingerprint(file)
+    assert fingerprint.glance is not None and fingerprint.mirrored_features is not None
+    glance, mirrored = fingerprint.glance, fingerprint.mirrored_features
+    assert len(glance.features.points) > 100
+    # Corners of the picture mirrored: most lie where a corner of the picture itself lies
+    # once mirrored back (the picture's width at the glance's scale).
+    width = round(glance.size[1] * glance.scale)
+    back = mirrored.points.copy()
+    back[:, 0] = width - 1 - back[:, 0]
+    gaps = np.linalg.norm(back[:, None, :] - glance.features.points[None, :, :], axis=2)
+    assert float((gaps.min(axis=1) <= 1.5).mean()) > 0.7

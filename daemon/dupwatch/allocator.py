@@ -1,8 +1,9 @@
 """glibc's allocator, set for a process that runs for months.
 
 By default glibc returns blocks of 128 KB or more to the system when they are freed, but
-raises that limit to the size of the largest block freed so far: after the first decoded
-photo (0.6 MB of pixels) is freed, every later one is carved from a heap instead, and heaps
+raises that limit to the size of the largest block freed so far: after the first large
+buffer (a file's bytes, a worker's reply) is freed, every later one is carved from a heap
+instead, and heaps
 shrink only from their top, so freed photos stay resident. Threads that allocate get heaps of
 their own (up to eight per core), each keeping its own free blocks. A fixed limit and two heaps
 keep the daemon's memory where its work puts it.

@@ -10,7 +10,6 @@ the store.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -66,21 +65,6 @@ class Pair:
     meta: PhotoMeta | None = None
     # The known file's glance made while verifying it, when the store had none to give.
     new_known_glance: Glance | None = None
-
-
-def orient(pixels: NDArray[np.uint8], variant: int) -> NDArray[np.uint8]:
-    """Apply phash.DIHEDRAL[variant] to an H x W x 3 image."""
-    ops = {
-        0: lambda a: a,
-        1: lambda a: np.rot90(a, 1),
-        2: lambda a: np.rot90(a, 2),
-        3: lambda a: np.rot90(a, 3),
-        4: lambda a: a[:, ::-1],
-        5: lambda a: a[::-1],
-        6: lambda a: a.swapaxes(0, 1),
-        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
-    }
-    return np.ascontiguousarray(ops[variant](pixels))
 
 
 def proposed(pair: Pair, threshold: float) -> bool:
@@ -245,7 +229,7 @@ class CandidateSearch:
             record = pair.record if pair is not None else self._store.file(match.file_id)
             if record is not None:
                 similarity = self._oriented_similarity(
-                    fingerprint, match.variant, record.id, oriented
+                    fingerprint, file, match.variant, record.id, oriented
                 )
                 if pair is None or similarity > pair.similarity:
                     pairs[record.id] = Pair(
@@ -277,15 +261,13 @@ class CandidateSearch:
         # Verified side by side when there are several workers, but taken in order: the
         # outcome is the same as one at a time, and what is not needed yet is dropped.
         chosen = worth_it[:MAX_VERIFIED_CANDIDATES]
-        glance, pixels = fingerprint.glance, fingerprint.pixels
 
-        @functools.cache  # once per file, and only if a pair looks mirrored (turned_down)
-        def mirrored() -> Features:
-            if glance is None:
+        def mirrored() -> Features:  # asked for by turned_down only for an unframed glance
+            if fingerprint.mirrored_features is None:
                 raise ValueError("a fingerprint without a glance has no mirrored features")
-            return glance.mirrored_features(pixels)
+            return fingerprint.mirrored_features
 
-        pending = [self._verify_later(fingerprint, p, mirrored) for p in chosen]
+        pending = [self._verify_later(fingerprint, file, p, mirrored) for p in chosen]
         try:
             for pair, verification in zip(chosen, pending, strict=True):
                 self._take_verification(pair, verification)
@@ -323,6 +305,7 @@ class CandidateSearch:
     def _oriented_similarity(
         self,
         fingerprint: Fingerprint,
+        file: FileBytes,
         variant: int,
         file_id: int,
         oriented: dict[int, NDArray[np.float32]],
@@ -337,12 +320,16 @@ class CandidateSearch:
         vector = fingerprint.vector
         if variant != 0:
             if variant not in oriented:
-                oriented[variant] = self._worker.embed([orient(fingerprint.pixels, variant)])[0]
+                oriented[variant] = self._worker.embed_variant(fingerprint, file, variant)
             vector = oriented[variant]
         return float(np.dot(vector, stored) / max(float(np.linalg.norm(stored)), 1e-12))
 
     def _verify_later(
-        self, fingerprint: Fingerprint, pair: Pair, mirrored: Callable[[], Features]
+        self,
+        fingerprint: Fingerprint,
+        file: FileBytes,
+        pair: Pair,
+        mirrored: Callable[[], Features],
     ) -> Future[Verified] | Verified:
         """The verification of ``pair``: settled at once when the glances of both files turn
         it down, else started on an analysis worker."""
@@ -360,9 +347,9 @@ class CandidateSearch:
                 if verdict is not None:
                     return Verified(verdict, None)
         return self._worker.verify_later(
-            fingerprint.pixels,
+            fingerprint,
+            file,
             pair.record.path,
-            framed=fingerprint.framed_vector is not None,
             # A file indexed before glances were kept, or with one of an older format, gets
             # one now: its pixels are being decoded anyway.
             glance_known=fingerprint.glance is not None and known is None,

@@ -1,11 +1,11 @@
 """Keeping a long-running process's memory from creeping up with freed buffers.
 
-Each file moves a few large buffers through the daemon (its bytes, the decoded pixels coming
-back from a worker, the pixels sent out for verification), allocated and freed from several
-threads. glibc serves such blocks from mmap at first but soon raises its threshold and
-carves them out of its heaps instead, where what is freed is rarely given back: the daemon's
-resident memory then grows with every thousand files although nothing is kept. Fixing the
-threshold keeps large blocks in mmap, returned to the system as soon as they are freed.
+Each file moves a few large buffers through the daemon (its bytes, a worker's replies, the
+messages read from the pipes in pieces), allocated and freed from several threads. glibc serves
+such blocks from mmap at first but soon raises its threshold and carves them out of its heaps
+instead, where what is freed is rarely given back: the daemon's resident memory then grows with
+every thousand files although nothing is kept. Fixing the threshold keeps large blocks in mmap,
+returned to the system as soon as they are freed.
 """
 
 from __future__ import annotations

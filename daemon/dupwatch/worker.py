@@ -8,6 +8,7 @@ the parent waits with a timeout: a crash or a hang costs one file, and the worke
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing
 import os
 import resource
@@ -24,11 +25,13 @@ import structlog
 from numpy.typing import NDArray
 
 from dupwatch import errors
+from dupwatch.alignment import Features
 from dupwatch.config import DecodeConfig, LogConfig, ModelConfig
 from dupwatch.errors import DecoderCrashed, DecoderTimeout, FileRejected, ModelError
 from dupwatch.glance import Glance
 from dupwatch.images import DecodedImage, FileBytes, PhotoMeta
 from dupwatch.maththreads import limit_math_threads
+from dupwatch.phash import DIHEDRAL
 from dupwatch.verify import Verification
 
 log = structlog.get_logger(__name__)
@@ -43,6 +46,19 @@ WORKER_NICENESS = 5
 
 
 @dataclass(frozen=True, slots=True)
+class HeldPixels:
+    """Names a file's decoded pixels that the worker which fingerprinted it still holds.
+
+    The pixels stay in the worker (0.6 MB that would cross the pipe twice a file); requests
+    that need them go to that worker, and fall back to the file's bytes when they are gone.
+    """
+
+    worker: int  # the pool's number of the worker
+    process: int  # its process id: a restarted worker holds nothing
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
 class Fingerprint:
     """Everything computed from a file's pixels."""
 
@@ -53,10 +69,17 @@ class Fingerprint:
     phash: int
     dihedral_hashes: tuple[int, ...]
     vector: NDArray[np.float32]
-    pixels: NDArray[np.uint8]  # RGB at working size, kept for verification
+    pixels: HeldPixels  # RGB at working size, kept in the worker for verification
     # The vector of the photo inside a frame (framing.photo_inside), when there is one.
     framed_vector: NDArray[np.float32] | None = None
     glance: Glance | None = None  # None when verification is off (see WorkerSettings)
+    # The glance's features of the image mirrored (Glance.mirrored_features), for comparing
+    # glances with a mirrored copy; None without a glance or for a framed photo.
+    mirrored_features: Features | None = None
+
+
+class PixelsGone(Exception):
+    """The worker no longer holds the pixels a request names (evicted, or it restarted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,20 +124,56 @@ def _limit_memory(mib: int) -> None:
     log.debug("worker_memory_limited", base_mib=base >> 20, budget_mib=mib)
 
 
+# Pixels of the files fingerprinted last, newest last, by serial. A file is decided at most
+# workerpool.MAX_PREFETCHED files after its look-ahead fingerprint; 24 images at 512 px take
+# about 14 MB.
+_HELD: OrderedDict[int, NDArray[np.uint8]] = OrderedDict()
+_HELD_SIZE = 24
+_serials = itertools.count()
+
+
+def _hold(pixels: NDArray[np.uint8], worker: int) -> HeldPixels:
+    serial = next(_serials)
+    _HELD[serial] = pixels
+    while len(_HELD) > _HELD_SIZE:
+        _HELD.popitem(last=False)
+    return HeldPixels(worker, os.getpid(), serial)
+
+
+def _pixels_of(source: HeldPixels | FileBytes, decode: DecodeConfig) -> NDArray[np.uint8]:
+    """The pixels a request names: held here, or decoded again from the file's bytes."""
+    if isinstance(source, FileBytes):
+        return _decode(source, decode).pixels
+    pixels = _HELD.get(source.serial) if source.process == os.getpid() else None
+    if pixels is None:
+        raise PixelsGone()
+    return pixels
+
+
+def _decode(file: FileBytes, decode: DecodeConfig) -> DecodedImage:
+    from dupwatch.images import decode_image
+
+    return decode_image(file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE)
+
+
 def _fingerprint(
-    embedder: Any, file: FileBytes, decode: DecodeConfig, glances: bool
+    embedder: Any, file: FileBytes, decode: DecodeConfig, glances: bool, worker: int
 ) -> Fingerprint:
     from dupwatch.framing import photo_inside
-    from dupwatch.images import decode_image, dihedral_hashes
+    from dupwatch.images import dihedral_hashes
 
-    image: DecodedImage = decode_image(
-        file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE
-    )
+    image = _decode(file, decode)
     # A photo shown inside a frame (a screenshot, a letterbox) is searched for as itself too.
     inner = photo_inside(image.pixels)
     vectors = embedder.embed([image.pixels] if inner is None else [image.pixels, inner])
     vector = vectors[0]
     hashes = tuple(dihedral_hashes(image.pixels))  # the first is the image's own
+    glance = Glance.of(image.pixels, framed=inner is not None) if glances else None
+    # Made here, where the pixels are: most files meet a look-alike whose thumbnail looks
+    # more like it mirrored than not, and the daemon compares their glances that way too.
+    mirrored = None
+    if glance is not None and not glance.framed:
+        mirrored = glance.mirrored_features(image.pixels)
     return Fingerprint(
         format=image.format,
         width=image.width,
@@ -123,9 +182,10 @@ def _fingerprint(
         phash=hashes[0],
         dihedral_hashes=hashes,
         vector=np.asarray(vector, dtype=np.float32),
-        pixels=image.pixels,
+        pixels=_hold(image.pixels, worker),
         framed_vector=None if inner is None else np.asarray(vectors[1], dtype=np.float32),
-        glance=Glance.of(image.pixels, framed=inner is not None) if glances else None,
+        glance=glance,
+        mirrored_features=mirrored,
     )
 
 
@@ -144,8 +204,6 @@ def _read(path: Path, decode: DecodeConfig) -> FileBytes:
 
 
 def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], PhotoMeta]:
-    from dupwatch.images import decode_image
-
     try:
         st = path.lstat()
         key = (os.fsdecode(path), st.st_ino, st.st_size, st.st_mtime_ns)
@@ -155,7 +213,7 @@ def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], 
         _KNOWN_CACHE.move_to_end(key)
         return _KNOWN_CACHE[key]
     file = _read(path, decode)
-    known = decode_image(file, max_megapixels=decode.max_megapixels, working_size=WORKING_SIZE)
+    known = _decode(file, decode)
     if key is not None:
         _KNOWN_CACHE[key] = (known.pixels, known.meta)
         while len(_KNOWN_CACHE) > _KNOWN_CACHE_SIZE:
@@ -199,8 +257,11 @@ def _verify_known(
     return Verified(verify(pixels, known_pixels), meta, known_glance)
 
 
-def _serve(conn: Connection, settings: WorkerSettings) -> None:
-    """The child's main loop: one request in, one reply out, until the pipe closes."""
+def _serve(conn: Connection, settings: WorkerSettings, number: int) -> None:
+    """The child's main loop: one request in, one reply out, until the pipe closes.
+
+    ``number`` is the pool's number for this worker, written into the ``HeldPixels`` it gives.
+    """
     from dupwatch.logs import configure_logging
 
     stream = sys.stderr if settings.log_to_stderr else sys.stdout
@@ -239,17 +300,24 @@ def _serve(conn: Connection, settings: WorkerSettings) -> None:
                 file, held = held, None
                 if file is None or file.path != request[1]:
                     raise ValueError("fingerprint_read without a read of that file before it")
-                reply = _fingerprint(embedder, file, settings.decode, settings.glances)
+                reply = _fingerprint(embedder, file, settings.decode, settings.glances, number)
             elif kind == "fingerprint":
-                reply = _fingerprint(embedder, request[1], settings.decode, settings.glances)
+                file = request[1]
+                reply = _fingerprint(embedder, file, settings.decode, settings.glances, number)
             elif kind == "verify":
-                _, pixels, known_path, framed, glance_known = request
+                _, source, known_path, framed, glance_known = request
+                pixels = _pixels_of(source, settings.decode)
                 reply = _verify_known(pixels, known_path, settings.decode, framed, glance_known)
-            elif kind == "embed":
-                reply = embedder.embed(request[1])
+            elif kind == "embed_variant":
+                _, source, variant = request
+                turn = DIHEDRAL[variant][1]
+                pixels = np.ascontiguousarray(turn(_pixels_of(source, settings.decode)))
+                reply = embedder.embed([pixels])[0]
             else:
                 raise ValueError(f"unknown request {kind!r}")
             conn.send(("ok", reply))
+        except PixelsGone:
+            conn.send(("gone",))
         except FileRejected as exc:
             conn.send(("rejected", type(exc).__name__, str(exc.path), exc.detail))
         except MemoryError:
@@ -271,8 +339,9 @@ def _rebuild_rejection(name: str, path: Path, detail: str) -> FileRejected:
 class AnalysisWorker:
     """Parent-side handle of the worker process; restarts it after a crash or a timeout."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, number: int = 0) -> None:
         self._settings = settings
+        self.number = number  # in its pool
         self._ctx = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._conn: Connection | None = None
@@ -284,7 +353,10 @@ class AnalysisWorker:
         """Start the child and wait until its model is loaded; ModelError if it cannot load."""
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=_serve, args=(child, self._settings), name="dupwatch-worker", daemon=True
+            target=_serve,
+            args=(child, self._settings, self.number),
+            name="dupwatch-worker",
+            daemon=True,
         )
         # Read when the child loads numpy, so they go in the environment it is spawned with.
         limit_math_threads(self._settings.model.threads)
@@ -349,6 +421,8 @@ class AnalysisWorker:
         if reply[0] == "rejected":
             _, name, _reported, detail = reply
             raise _rebuild_rejection(name, path, detail)
+        if reply[0] == "gone":
+            raise PixelsGone()
         return reply[1]
 
     def _restart(self) -> None:
@@ -379,22 +453,25 @@ class AnalysisWorker:
 
     def verify(
         self,
-        pixels: NDArray[np.uint8],
+        new: HeldPixels | FileBytes,
         known_path: Path,
         *,
         framed: bool,
         glance_known: bool = False,
     ) -> Verified:
-        """Verify the decoded new image against the known file at ``known_path``.
+        """Verify the new image against the known file at ``known_path``.
 
-        ``framed``: the new image holds a photo inside a frame (its fingerprint has a
-        ``framed_vector``). ``glance_known``: also return a glance of the known file.
+        ``new``: its pixels held by this worker (PixelsGone when they are not), or its bytes
+        to decode again. ``framed``: the new image holds a photo inside a frame (its
+        fingerprint has a ``framed_vector``). ``glance_known``: also return a glance of the
+        known file.
         """
-        result: Verified = self._call(
-            ("verify", pixels, known_path, framed, glance_known), known_path
-        )
+        result: Verified = self._call(("verify", new, known_path, framed, glance_known), known_path)
         return result
 
-    def embed(self, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
-        result: NDArray[np.float32] = self._call(("embed", images), Path(os.devnull))
+    def embed_variant(self, new: HeldPixels | FileBytes, variant: int) -> NDArray[np.float32]:
+        """The vector of the new image turned by ``phash.DIHEDRAL[variant]`` (``new`` as for
+        ``verify``)."""
+        path = new.path if isinstance(new, FileBytes) else Path(os.devnull)
+        result: NDArray[np.float32] = self._call(("embed_variant", new, variant), path)
         return result

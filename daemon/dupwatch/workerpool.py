@@ -6,6 +6,9 @@ files before it, so it can start while earlier files are still being searched, v
 recorded: ``prefetch`` queues a file's fingerprint, and ``fingerprint`` later takes it if the
 file still has the same bytes. Requests for the file being decided always go before look-ahead
 work, so prefetching never delays a decision by more than the one fingerprint under way.
+A file's decoded pixels stay in the worker that fingerprinted it, and the requests that need
+them (verifications, embeddings of the image turned) go to that worker; one that no longer
+holds them decodes the file's bytes again.
 
 Each worker is an ``AnalysisWorker`` (its own process, memory limit, timeout and restart) driven
 by a thread of this process; the threads only wait on pipes.
@@ -27,15 +30,15 @@ import structlog
 from numpy.typing import NDArray
 
 from dupwatch.images import FileBytes
-from dupwatch.worker import AnalysisWorker, Fingerprint, Verified, WorkerSettings
+from dupwatch.worker import AnalysisWorker, Fingerprint, PixelsGone, Verified, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 # Look-ahead fingerprints waiting to be taken; beyond this, ``prefetch`` is a no-op.
-MAX_PREFETCHED = 8
-_AHEAD_PER_WORKER = 3
+MAX_PREFETCHED = 12
+_AHEAD_PER_WORKER = 6
 _URGENT, _AHEAD = 0, 1
 
 
@@ -55,6 +58,7 @@ class _Task:
     sequence: int
     run: Callable[[AnalysisWorker], Any] = field(compare=False)
     future: Future[Any] = field(compare=False)
+    worker: int | None = field(default=None, compare=False)  # only this one may run it
 
 
 class _Schedule:
@@ -77,14 +81,16 @@ class _Schedule:
             self._tasks.append(task)
             self._changed.notify_all()
 
-    def take(self) -> _Task:
-        """The first task in priority order that may run now; waits for one."""
+    def take(self, worker: int) -> _Task:
+        """The first task in priority order that worker number ``worker`` may run now; waits
+        for one."""
         with self._changed:
             while True:
                 allowed = [
                     t
                     for t in self._tasks
-                    if t.priority != _AHEAD or self._ahead_running < self._ahead_limit
+                    if (t.priority != _AHEAD or self._ahead_running < self._ahead_limit)
+                    and t.worker in (None, worker)
                 ]
                 if allowed:
                     task = min(allowed)
@@ -114,7 +120,7 @@ class AnalysisPool:
         if size < 1:
             raise ValueError("an analysis pool needs at least one worker")
         self._settings = settings
-        self._workers = [AnalysisWorker(settings) for _ in range(size)]
+        self._workers = [AnalysisWorker(settings, number) for number in range(size)]
         # Every worker may fingerprint ahead: since glances settle most look-alikes in the
         # daemon, few files need a worker to verify (bench/RESULTS.md, "Daemon": a worker kept
         # free for them left it idle, 35 files/s against 47 with all of them). A verification
@@ -135,8 +141,9 @@ class AnalysisPool:
         """How many files after the one being decided to fingerprint in the background.
 
         While a file is searched, verified and recorded, the workers need later files to
-        fingerprint: a few per worker keeps them busy; each waiting fingerprint holds ~0.6 MB
-        of pixels.
+        fingerprint: several per worker keep them busy while the file being decided waits for
+        a verification (each waiting fingerprint is ~40 KB here; its pixels stay in the
+        worker, see ``worker.HeldPixels``).
         """
         return min(MAX_PREFETCHED, _AHEAD_PER_WORKER * self.size)
 
@@ -187,7 +194,7 @@ class AnalysisPool:
 
     def _serve(self, worker: AnalysisWorker) -> None:
         while True:
-            task = self._tasks.take()
+            task = self._tasks.take(worker.number)
             if task.run is _stop:
                 return
             try:
@@ -198,15 +205,17 @@ class AnalysisPool:
             finally:
                 self._tasks.finished(task)
 
-    def _submit(self, priority: int, run: Callable[[AnalysisWorker], T]) -> Future[T]:
+    def _submit(
+        self, priority: int, run: Callable[[AnalysisWorker], T], worker: int | None = None
+    ) -> Future[T]:
         future: Future[T] = Future()
         if not self._threads:
             raise RuntimeError("the analysis pool is not started")
-        self._tasks.put(_Task(priority, next(self._sequence), run, future))
+        self._tasks.put(_Task(priority, next(self._sequence), run, future, worker))
         return future
 
-    def _call(self, run: Callable[[AnalysisWorker], T]) -> T:
-        return self._submit(_URGENT, run).result()
+    def _call(self, run: Callable[[AnalysisWorker], T], worker: int | None = None) -> T:
+        return self._submit(_URGENT, run, worker).result()
 
     # --- the worker's requests ----------------------------------------------------------------
 
@@ -226,24 +235,39 @@ class AnalysisPool:
 
     def verify_later(
         self,
-        pixels: NDArray[np.uint8],
+        fingerprint: Fingerprint,
+        file: FileBytes,
         known_path: Path,
         *,
-        framed: bool,
         glance_known: bool = False,
     ) -> Future[Verified]:
-        """``AnalysisWorker.verify`` started now on the next free worker, ahead of look-ahead
-        work; cancel the future if its answer is no longer needed. The candidates of one file
-        are verified side by side: the file being decided holds up every later one."""
-        return self._submit(
-            _URGENT,
-            lambda worker: worker.verify(
-                pixels, known_path, framed=framed, glance_known=glance_known
-            ),
-        )
+        """``AnalysisWorker.verify`` of the fingerprinted ``file`` against ``known_path``,
+        started as soon as the worker holding its pixels is free, ahead of look-ahead work;
+        cancel the future if its answer is no longer needed."""
+        framed = fingerprint.framed_vector is not None
 
-    def embed(self, images: list[NDArray[np.uint8]]) -> NDArray[np.float32]:
-        return self._call(lambda worker: worker.embed(images))
+        def run(worker: AnalysisWorker) -> Verified:
+            try:
+                return worker.verify(
+                    fingerprint.pixels, known_path, framed=framed, glance_known=glance_known
+                )
+            except PixelsGone:  # decoded again from the bytes the decision is made on
+                return worker.verify(file, known_path, framed=framed, glance_known=glance_known)
+
+        return self._submit(_URGENT, run, fingerprint.pixels.worker)
+
+    def embed_variant(
+        self, fingerprint: Fingerprint, file: FileBytes, variant: int
+    ) -> NDArray[np.float32]:
+        """The vector of the fingerprinted ``file`` turned by ``phash.DIHEDRAL[variant]``."""
+
+        def run(worker: AnalysisWorker) -> NDArray[np.float32]:
+            try:
+                return worker.embed_variant(fingerprint.pixels, variant)
+            except PixelsGone:
+                return worker.embed_variant(file, variant)
+
+        return self._call(run, fingerprint.pixels.worker)
 
     # --- look-ahead ---------------------------------------------------------------------------
 
