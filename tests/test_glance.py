@@ -51,8 +51,8 @@ def working_size(rgb: Image) -> Image:
 
 def glance(rgb: Image) -> tuple[Glance, Callable[[], object]]:
     image = working_size(rgb)
-    made = Glance.of(image, framed=photo_inside(image) is not None)
-    return made, lambda: made.mirrored_features(image)
+    made, mirrored = Glance.with_mirrored(image, framed=photo_inside(image) is not None)
+    return made, lambda: mirrored
 
 
 def jpeg(rgb: Image, quality: int) -> Image:

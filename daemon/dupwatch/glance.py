@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -39,6 +39,7 @@ Image = NDArray[np.uint8]
 
 GLANCE_SIDE = 256  # long side the features are detected at, pixels...
 GLANCE_FEATURES = 500
+ORB_SCALE_FACTOR = 1.2  # between the levels of ORB's image pyramid
 # ...unless fewer keypoints than this are found there (a soft or plain picture): then they are
 # detected at working size, the resolution verification looks at.
 SPARSE_KEYPOINTS = 100
@@ -85,22 +86,30 @@ class Glance:
     @classmethod
     def of(cls, image: Image, *, framed: bool) -> Glance:
         """The glance of ``image`` (RGB, working size)."""
+        return cls._made(image, framed)[0]
+
+    @classmethod
+    def with_mirrored(cls, image: Image, *, framed: bool) -> tuple[Glance, Features]:
+        """The glance of ``image`` and the features of ``image`` mirrored left to right, at
+        the glance's scale: ORB is not mirror-invariant, and a mirrored copy that was also
+        cropped lines up with its original only this way."""
+        glance, detection = cls._made(image, framed)
+        return glance, _mirrored(detection)
+
+    @classmethod
+    def _made(cls, image: Image, framed: bool) -> tuple[Glance, _Detection]:
         height, width = image.shape[:2]
         grey = gray(image)
         thumb = np.asarray(
             cv2.resize(grey, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA), np.uint8
         )
-        features, scale = _features(grey, GLANCE_SIDE)
-        if _keypoints(features) < SPARSE_KEYPOINTS and scale < 1.0:
-            features, scale = _features(grey, max(height, width))
-        return cls((height, width), content_box(image), thumb, features, scale, framed)
-
-    def mirrored_features(self, image: Image) -> Features:
-        """Features of ``image`` (the one this glance is of) mirrored left to right, at the
-        glance's scale: ORB is not mirror-invariant, and a mirrored copy that was also cropped
-        lines up only this way."""
-        flipped = np.ascontiguousarray(gray(image)[:, ::-1])
-        return _features(flipped, round(self.scale * max(self.size)))[0]
+        found = _detect(grey, GLANCE_SIDE)
+        if len(found.keypoints) < SPARSE_KEYPOINTS and found.scale < 1.0:
+            found = _detect(grey, max(height, width))
+        glance = cls(
+            (height, width), content_box(image), thumb, found.features, found.scale, framed
+        )
+        return glance, found
 
     def encode(self) -> bytes:
         """The stored form."""
@@ -134,27 +143,63 @@ class Glance:
         return cls((h, w), (x0, y0, x1, y1), thumb.copy(), features, scale, bool(framed))
 
 
-def _features(grey: Image, side: int) -> tuple[Features, float]:
-    """ORB features of ``grey`` scaled to long side ``side`` (never enlarged), and the scale."""
-    height, width = grey.shape[:2]
-    scale = min(1.0, side / max(height, width))
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        grey = np.asarray(cv2.resize(grey, size, interpolation=cv2.INTER_AREA), np.uint8)
+@dataclass(frozen=True, slots=True)
+class _Detection:
+    grey: Image  # the image the features were found in
+    keypoints: Sequence[cv2.KeyPoint]
+    features: Features
+    scale: float  # of ``grey``: its pixels per working-size pixel
+
+
+def _orb() -> cv2.ORB:
     # Smaller patches than verification's: at 256 px the default 31-pixel patch leaves no
     # keypoints near the borders, where a crop's overlap is decided.
-    orb = cv2.ORB.create(
+    return cv2.ORB.create(
         nfeatures=GLANCE_FEATURES,
-        scaleFactor=1.2,
+        scaleFactor=ORB_SCALE_FACTOR,
         nlevels=8,
         fastThreshold=10,
         edgeThreshold=15,
         patchSize=15,
     )
-    keypoints, descriptors = orb.detectAndCompute(grey, None)
+
+
+def _features_of(keypoints: Sequence[cv2.KeyPoint], descriptors: object) -> Features:
     points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
-    features = Features(points, None if descriptors is None else np.asarray(descriptors, np.uint8))
-    return features, scale
+    return Features(points, None if descriptors is None else np.asarray(descriptors, np.uint8))
+
+
+def _detect(grey: Image, side: int) -> _Detection:
+    """ORB features of ``grey`` scaled to long side ``side`` (never enlarged)."""
+    height, width = grey.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        grey = np.asarray(cv2.resize(grey, size, interpolation=cv2.INTER_AREA), np.uint8)
+    keypoints, descriptors = _orb().detectAndCompute(grey, None)
+    return _Detection(grey, keypoints, _features_of(keypoints, descriptors), scale)
+
+
+def _mirrored(found: _Detection) -> Features:
+    """The features ``_detect`` finds in the mirror image of ``found.grey``, at half the cost.
+
+    FAST corners and their Harris scores are symmetric, so the mirror image has the same
+    keypoints at mirrored places, with mirrored orientations; only their descriptors must be
+    computed from the mirrored pixels. A keypoint of pyramid level ``octave`` is mirrored
+    within that level's image, whose width ORB rounds from the scaled one.
+    """
+    width = found.grey.shape[1]
+    turned = []
+    for kp in found.keypoints:
+        level_scale = ORB_SCALE_FACTOR**kp.octave
+        x = (round(width / level_scale) - 1) * level_scale - kp.pt[0]
+        angle = (180.0 - kp.angle) % 360.0
+        turned.append(
+            cv2.KeyPoint(x, kp.pt[1], kp.size, angle, kp.response, kp.octave, kp.class_id)
+        )
+    flipped = np.ascontiguousarray(found.grey[:, ::-1])
+    keypoints, descriptors = _orb().compute(flipped, turned)
+    return _features_of(keypoints, descriptors)
 
 
 def turned_down(
@@ -193,10 +238,6 @@ def turned_down(
         residual=None,
         attempts=0,
     )
-
-
-def _keypoints(features: Features) -> int:
-    return 0 if features.descriptors is None else len(features.descriptors)
 
 
 def _alike_whole_frame(

@@ -168,12 +168,15 @@ def _fingerprint(
     vectors = embedder.embed([image.pixels] if inner is None else [image.pixels, inner])
     vector = vectors[0]
     hashes = tuple(dihedral_hashes(image.pixels))  # the first is the image's own
-    glance = Glance.of(image.pixels, framed=inner is not None) if glances else None
-    # Made here, where the pixels are: most files meet a look-alike whose thumbnail looks
-    # more like it mirrored than not, and the daemon compares their glances that way too.
-    mirrored = None
-    if glance is not None and not glance.framed:
-        mirrored = glance.mirrored_features(image.pixels)
+    # The mirrored features are made here, where the pixels are: most files meet a look-alike
+    # whose thumbnail looks more like it mirrored than not, and the daemon then compares their
+    # glances that way too. A framed photo's glance is never compared (always verified).
+    glance: Glance | None = None
+    mirrored: Features | None = None
+    if glances and inner is None:
+        glance, mirrored = Glance.with_mirrored(image.pixels, framed=False)
+    elif glances:
+        glance = Glance.of(image.pixels, framed=True)
     return Fingerprint(
         format=image.format,
         width=image.width,
