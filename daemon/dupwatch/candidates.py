@@ -258,8 +258,8 @@ class CandidateSearch:
         worth_it = sorted(
             (p for p in usable if proposed(p, threshold)), key=lambda p: not hash_near(p)
         )
-        # Verified side by side when there are several workers, but taken in order: the
-        # outcome is the same as one at a time, and what is not needed yet is dropped.
+        # All handed over at once to the worker holding the file's pixels and taken in order:
+        # the outcome is the same as one at a time, and what is not needed yet is dropped.
         chosen = worth_it[:MAX_VERIFIED_CANDIDATES]
 
         def mirrored() -> Features:  # asked for by turned_down only for an unframed glance

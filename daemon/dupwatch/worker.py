@@ -73,7 +73,7 @@ class Fingerprint:
     # The vector of the photo inside a frame (framing.photo_inside), when there is one.
     framed_vector: NDArray[np.float32] | None = None
     glance: Glance | None = None  # None when verification is off (see WorkerSettings)
-    # The glance's features of the image mirrored (Glance.mirrored_features), for comparing
+    # The glance's features of the image mirrored (Glance.with_mirrored), for comparing
     # glances with a mirrored copy; None without a glance or for a framed photo.
     mirrored_features: Features | None = None
 
@@ -287,7 +287,7 @@ def _serve(conn: Connection, settings: WorkerSettings, number: int) -> None:
     conn.send(("ready", embedder.model_id))
     # A file read here for a look-ahead fingerprint, between its "read" and "fingerprint_read"
     # requests: reading it here spares the daemon reading it twice and sending it over.
-    held: FileBytes | None = None
+    read_ahead: FileBytes | None = None
     while True:
         try:
             request = conn.recv()
@@ -296,11 +296,11 @@ def _serve(conn: Connection, settings: WorkerSettings, number: int) -> None:
         kind = request[0]
         try:
             if kind == "read":
-                held = None
-                held = _read(request[1], settings.decode)
-                reply: Any = held.sha256
+                read_ahead = None
+                read_ahead = _read(request[1], settings.decode)
+                reply: Any = read_ahead.sha256
             elif kind == "fingerprint_read":
-                file, held = held, None
+                file, read_ahead = read_ahead, None
                 if file is None or file.path != request[1]:
                     raise ValueError("fingerprint_read without a read of that file before it")
                 reply = _fingerprint(embedder, file, settings.decode, settings.glances, number)
