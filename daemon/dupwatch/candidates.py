@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from dupwatch.alignment import Features
 from dupwatch.config import Config
 from dupwatch.errors import FileRejected
 from dupwatch.glance import Glance, turned_down
@@ -261,13 +259,7 @@ class CandidateSearch:
         # All handed over at once to the worker holding the file's pixels and taken in order:
         # the outcome is the same as one at a time, and what is not needed yet is dropped.
         chosen = worth_it[:MAX_VERIFIED_CANDIDATES]
-
-        def mirrored() -> Features:  # asked for by turned_down only for an unframed glance
-            if fingerprint.mirrored_features is None:
-                raise ValueError("a fingerprint without a glance has no mirrored features")
-            return fingerprint.mirrored_features
-
-        pending = [self._verify_later(fingerprint, file, p, mirrored) for p in chosen]
+        pending = [self._verify_later(fingerprint, file, p) for p in chosen]
         try:
             for pair, verification in zip(chosen, pending, strict=True):
                 self._take_verification(pair, verification)
@@ -329,7 +321,6 @@ class CandidateSearch:
         fingerprint: Fingerprint,
         file: FileBytes,
         pair: Pair,
-        mirrored: Callable[[], Features],
     ) -> Future[Verified] | Verified:
         """The verification of ``pair``: settled at once when the glances of both files turn
         it down, else started on an analysis worker."""
@@ -339,7 +330,7 @@ class CandidateSearch:
             known = None if stored is None else Glance.decode(stored)
             if known is not None:
                 try:
-                    verdict = turned_down(fingerprint.glance, known, mirrored)
+                    verdict = turned_down(fingerprint.glance, known, fingerprint.mirrored_features)
                 except (cv2.error, ValueError) as exc:
                     # A glance only saves work: without one the pair is verified in full.
                     log.warning("glance_failed", candidate=pair.record.path, error=str(exc))

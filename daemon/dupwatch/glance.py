@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -202,13 +202,12 @@ def _mirrored(found: _Detection) -> Features:
     return _features_of(keypoints, descriptors)
 
 
-def turned_down(
-    new: Glance, known: Glance, mirrored: Callable[[], Features]
-) -> Verification | None:
+def turned_down(new: Glance, known: Glance, mirrored: Features | None) -> Verification | None:
     """The verdict "not the same photo" when the glances show it, else None (verify in full).
 
-    ``mirrored`` gives the new image's ``mirrored_features``; it is called only for a pair
-    that looks mirrored, the only pairs whose mirrored features verification would try.
+    ``mirrored``: the new image's features mirrored (``Glance.with_mirrored``), tried only for
+    a pair that looks mirrored, the only pairs whose mirrored features verification would
+    try; ValueError when such a pair comes without them.
     """
     if new.framed or known.framed:
         return None
@@ -220,7 +219,9 @@ def turned_down(
     if looks_mirrored(correlations):
         x0, y0, x1, y1 = new.box
         mirrored_box = (new.size[1] - x1, y0, new.size[1] - x0, y1)
-        attempts.append(_aligned(mirrored(), mirrored_box, new, known))
+        if mirrored is None:
+            raise ValueError("a pair that looks mirrored needs the mirrored features")
+        attempts.append(_aligned(mirrored, mirrored_box, new, known))
     if any(a.worth_verifying for a in attempts):
         return None
     shown = max(attempts, key=lambda a: a.inliers)
