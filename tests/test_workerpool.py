@@ -249,3 +249,24 @@ def test_fingerprint_carries_the_glance_features_of_the_mirrored_image(
     back[:, 0] = width - 1 - back[:, 0]
     gaps = np.linalg.norm(back[:, None, :] - glance.features.points[None, :, :], axis=2)
     assert float((gaps.min(axis=1) <= 1.5).mean()) > 0.7
+
+
+def test_a_task_for_one_worker_waits_for_that_worker() -> None:
+    # A verification goes to the worker holding the file's pixels, even when another is free.
+    schedule = _Schedule(ahead_limit=2)
+    pinned = _Task(_URGENT, 0, _stop, Future(), worker=1)
+    anyone = _Task(_AHEAD, 1, _stop, Future())
+    schedule.put(pinned)
+    schedule.put(anyone)
+    assert schedule.take(0) is anyone  # the urgent task is not this worker's
+    schedule.finished(anyone)
+    taken: list[_Task] = []
+    waiter = threading.Thread(target=lambda: taken.append(schedule.take(0)), daemon=True)
+    waiter.start()
+    try:
+        waiter.join(timeout=0.3)
+        assert not taken
+        assert schedule.take(1) is pinned
+    finally:
+        schedule.put(_Task(2, 99, _stop, Future()))
+        waiter.join(timeout=10)
