@@ -78,6 +78,10 @@ class DecodeConfig:
     worker_timeout: Seconds = 60.0
     worker_memory_mib: int = 1024
 
+    @property
+    def max_file_bytes(self) -> int:
+        return self.max_file_mib * 2**20
+
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:

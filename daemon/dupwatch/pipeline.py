@@ -132,7 +132,7 @@ class Pipeline:
         if not force and known is not None and self._unchanged(path, known):
             return None
         try:
-            file = read_file(path, max_file_bytes=self._config.decode.max_file_mib * 2**20)
+            file = read_file(path, max_file_bytes=self._config.decode.max_file_bytes)
             if known is None and self._follow_rename(file) is not None:
                 return None  # a known photo under a new name, not a new one
             result = self._examine(file, known)
@@ -239,7 +239,7 @@ class Pipeline:
 
     def explain(self, path: Path) -> str:
         """What dupwatch would decide about ``path`` and why; changes nothing."""
-        file = read_file(path, max_file_bytes=self._config.decode.max_file_mib * 2**20)
+        file = read_file(path, max_file_bytes=self._config.decode.max_file_bytes)
         known = self._store.file_by_path(path)
         a = self._assess(file, known)
         lines = [

@@ -78,7 +78,7 @@ class Fingerprint:
     mirrored_features: Features | None = None
 
 
-class PixelsGone(Exception):
+class _PixelsGone(Exception):
     """The worker no longer holds the pixels a request names (evicted, or it restarted)."""
 
 
@@ -146,7 +146,7 @@ def _pixels_of(source: HeldPixels | FileBytes, decode: DecodeConfig) -> NDArray[
         return _decode(source, decode).pixels
     pixels = _HELD.get(source.serial) if source.process == os.getpid() else None
     if pixels is None:
-        raise PixelsGone()
+        raise _PixelsGone()
     return pixels
 
 
@@ -203,7 +203,7 @@ _KNOWN_CACHE_SIZE = 32
 def _read(path: Path, decode: DecodeConfig) -> FileBytes:
     from dupwatch.images import read_file
 
-    return read_file(path, max_file_bytes=decode.max_file_mib * 2**20)
+    return read_file(path, max_file_bytes=decode.max_file_bytes)
 
 
 def _decode_known(path: Path, decode: DecodeConfig) -> tuple[NDArray[np.uint8], PhotoMeta]:
@@ -319,7 +319,7 @@ def _serve(conn: Connection, settings: WorkerSettings, number: int) -> None:
             else:
                 raise ValueError(f"unknown request {kind!r}")
             conn.send(("ok", reply))
-        except PixelsGone:
+        except _PixelsGone:
             conn.send(("gone",))
         except FileRejected as exc:
             conn.send(("rejected", type(exc).__name__, str(exc.path), exc.detail))
@@ -425,7 +425,7 @@ class AnalysisWorker:
             _, name, _reported, detail = reply
             raise _rebuild_rejection(name, path, detail)
         if reply[0] == "gone":
-            raise PixelsGone()
+            raise _PixelsGone()
         return reply[1]
 
     def _restart(self) -> None:
@@ -456,25 +456,40 @@ class AnalysisWorker:
 
     def verify(
         self,
-        new: HeldPixels | FileBytes,
+        pixels: HeldPixels,
+        file: FileBytes,
         known_path: Path,
         *,
         framed: bool,
         glance_known: bool = False,
     ) -> Verified:
-        """Verify the new image against the known file at ``known_path``.
+        """Verify the new image (``file``, whose ``pixels`` this worker holds) against the
+        known file at ``known_path``.
 
-        ``new``: its pixels held by this worker (PixelsGone when they are not), or its bytes
-        to decode again. ``framed``: the new image holds a photo inside a frame (its
-        fingerprint has a ``framed_vector``). ``glance_known``: also return a glance of the
-        known file.
+        ``framed``: the new image holds a photo inside a frame (its fingerprint has a
+        ``framed_vector``). ``glance_known``: also return a glance of the known file.
         """
-        result: Verified = self._call(("verify", new, known_path, framed, glance_known), known_path)
+        result: Verified = self._on_pixels(
+            "verify", pixels, file, known_path, framed, glance_known, path=known_path
+        )
         return result
 
-    def embed_variant(self, new: HeldPixels | FileBytes, variant: int) -> NDArray[np.float32]:
-        """The vector of the new image turned by ``phash.DIHEDRAL[variant]`` (``new`` as for
-        ``verify``)."""
-        path = new.path if isinstance(new, FileBytes) else Path(os.devnull)
-        result: NDArray[np.float32] = self._call(("embed_variant", new, variant), path)
+    def embed_variant(
+        self, pixels: HeldPixels, file: FileBytes, variant: int
+    ) -> NDArray[np.float32]:
+        """The vector of the new image (as for ``verify``) turned by
+        ``phash.DIHEDRAL[variant]``."""
+        result: NDArray[np.float32] = self._on_pixels(
+            "embed_variant", pixels, file, variant, path=file.path
+        )
         return result
+
+    def _on_pixels(
+        self, kind: str, pixels: HeldPixels, file: FileBytes, *rest: Any, path: Path
+    ) -> Any:
+        """A request on the new image: on the pixels this worker holds, or on its bytes,
+        decoded again, when it no longer holds them (evicted, or restarted since)."""
+        try:
+            return self._call((kind, pixels, *rest), path)
+        except _PixelsGone:
+            return self._call((kind, file, *rest), path)

@@ -30,7 +30,7 @@ import structlog
 from numpy.typing import NDArray
 
 from dupwatch.images import FileBytes
-from dupwatch.worker import AnalysisWorker, Fingerprint, PixelsGone, Verified, WorkerSettings
+from dupwatch.worker import AnalysisWorker, Fingerprint, Verified, WorkerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -247,12 +247,9 @@ class AnalysisPool:
         framed = fingerprint.framed_vector is not None
 
         def run(worker: AnalysisWorker) -> Verified:
-            try:
-                return worker.verify(
-                    fingerprint.pixels, known_path, framed=framed, glance_known=glance_known
-                )
-            except PixelsGone:  # decoded again from the bytes the decision is made on
-                return worker.verify(file, known_path, framed=framed, glance_known=glance_known)
+            return worker.verify(
+                fingerprint.pixels, file, known_path, framed=framed, glance_known=glance_known
+            )
 
         return self._submit(_URGENT, run, fingerprint.pixels.worker)
 
@@ -261,13 +258,10 @@ class AnalysisPool:
     ) -> NDArray[np.float32]:
         """The vector of the fingerprinted ``file`` turned by ``phash.DIHEDRAL[variant]``."""
 
-        def run(worker: AnalysisWorker) -> NDArray[np.float32]:
-            try:
-                return worker.embed_variant(fingerprint.pixels, variant)
-            except PixelsGone:
-                return worker.embed_variant(file, variant)
-
-        return self._call(run, fingerprint.pixels.worker)
+        return self._call(
+            lambda worker: worker.embed_variant(fingerprint.pixels, file, variant),
+            fingerprint.pixels.worker,
+        )
 
     # --- look-ahead ---------------------------------------------------------------------------
 
